@@ -1,0 +1,88 @@
+# trajstack: `make stage1 stage2 blend` runs the whole pipeline on the demo data (generated on
+# first use) or on DATA=path/to/dataset. Every target depends on what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+TRAJSTACK  := $(VENV)/bin/trajstack
+STAMP      := $(VENV)/.installed
+# The local torch build on these machines; a plain newer torch would download gigabytes.
+TORCH_PIN  ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS     ?= dev,ray,tracking,vlm
+
+DEMO_DATA  := data/demo
+DATA       ?= $(DEMO_DATA)
+EXP        ?= demo
+CONFIG     ?= configs/demo.yaml
+LEARNER    ?= lightgbm
+NPROC      ?= 1
+ARGS       ?=
+DEMO_TRAIN_SCENES ?= 400
+DEMO_TEST_SCENES  ?= 80
+DEMO_SEED  ?= 0
+
+COMMON = --config $(CONFIG) --data $(DATA) --exp $(EXP) $(ARGS)
+
+.PHONY: help setup demo-data validate cache folds stage1 stage2 blend report all test bench lint clean
+
+help:
+	@echo "make stage1 stage2 blend   full pipeline on the demo data (DATA=... for your own)"
+	@echo "make test                  test suite (CPU, offline)"
+	@echo "make bench | lint | clean  benchmarks into README | ruff | remove outputs"
+	@echo "variables: DATA EXP CONFIG LEARNER NPROC ARGS='key=value ...'"
+
+setup: $(STAMP)
+
+# Redone only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+$(DEMO_DATA)/train_features.csv: | $(STAMP)
+	$(PY) -m drivesim --out $(DEMO_DATA) --train-scenes $(DEMO_TRAIN_SCENES) \
+	    --test-scenes $(DEMO_TEST_SCENES) --seed $(DEMO_SEED) --workers 2
+
+demo-data: $(DEMO_DATA)/train_features.csv
+
+# The demo data is generated on first use; user data (DATA=...) is only read.
+DATA_DEP := $(if $(filter $(DEMO_DATA),$(DATA)),$(DEMO_DATA)/train_features.csv,)
+
+validate: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) validate --data $(DATA) --config $(CONFIG)
+
+cache: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) cache $(COMMON)
+
+folds: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) folds $(COMMON)
+
+stage1: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) stage1 $(COMMON) --nproc $(NPROC)
+
+stage2: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) stage2 $(COMMON) --learner $(LEARNER)
+
+blend: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) blend $(COMMON)
+
+report: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) report $(COMMON)
+
+all: stage1 stage2 blend
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) $(DATA_DEP)
+	$(PY) -m benchmarks.run --data $(DATA) --readme README.md
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,5 @@
+import sys
+
+from trajstack.cli import main
+
+sys.exit(main())

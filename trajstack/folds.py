@@ -1,0 +1,134 @@
+"""The one fold assignment of an experiment: `folds.csv` (ID, scene, fold).
+
+Scenes are kept whole (GroupKFold on scene, or StratifiedGroupKFold on a configured column).
+The file is made once per experiment and its hash is recorded by every artifact built on it;
+a later stage refuses inputs whose fold hash differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from trajstack.artifacts import ArtifactError
+from trajstack.config import Config, FoldsConfig
+from trajstack.io import file_hash, read_json, write_csv_atomic, write_json_atomic
+from trajstack.spec import DatasetSpec
+from trajstack.tables import read_table, scene_and_time, table_path
+
+FOLDS_FILE = "folds.csv"
+
+
+@dataclass(frozen=True)
+class Folds:
+    """A loaded fold assignment: the table (ID, scene, fold) and its file hash."""
+
+    table: pd.DataFrame
+    hash: str
+    path: Path
+
+    @property
+    def n_splits(self) -> int:
+        return int(self.table["fold"].max()) + 1
+
+    def fold_of(self, ids: pd.Series | np.ndarray) -> np.ndarray:
+        """Fold of each ID; an ID absent from folds.csv is an error naming it."""
+        lookup = pd.Series(self.table["fold"].to_numpy(), index=self.table["ID"].to_numpy())
+        folds = lookup.reindex(np.asarray(ids))
+        if folds.isna().any():
+            missing = folds.index[folds.isna()][0]
+            raise ArtifactError(f"ID {missing!r} is not in {self.path}; the train table changed "
+                                "since the folds were made: use a new experiment (EXP=...)")
+        return folds.to_numpy(int)
+
+
+def assign_folds(train: pd.DataFrame, spec: DatasetSpec, cfg: FoldsConfig) -> pd.DataFrame:
+    """(ID, scene, fold) for every train row; scenes never straddle folds.
+
+    Parameters
+    ----------
+    train : the typed train table (`trajstack.tables.read_table`).
+    spec : dataset spec (ID column, scene pattern).
+    cfg : number of splits, seed, optional stratification column.
+    """
+    ids = train[spec.id_column].to_numpy(str)
+    scenes, _ = scene_and_time(ids, spec)
+    n_scenes = len(np.unique(scenes))
+    if n_scenes < cfg.n_splits:
+        raise ArtifactError(f"{n_scenes} scenes cannot fill folds.n_splits={cfg.n_splits} folds")
+    placeholder = np.zeros(len(ids))
+    if cfg.stratify_column is None:
+        splitter = GroupKFold(n_splits=cfg.n_splits, shuffle=True, random_state=cfg.seed)
+        splits = splitter.split(placeholder, groups=scenes)
+    else:
+        labels = _stratify_labels(train, cfg)
+        splitter = StratifiedGroupKFold(n_splits=cfg.n_splits, shuffle=True, random_state=cfg.seed)
+        splits = splitter.split(placeholder, labels, groups=scenes)
+    fold = np.full(len(ids), -1, dtype=int)
+    for k, (_, valid_idx) in enumerate(splits):
+        fold[valid_idx] = k
+    return pd.DataFrame({"ID": ids, "scene": scenes, "fold": fold})
+
+
+def _stratify_labels(train: pd.DataFrame, cfg: FoldsConfig) -> np.ndarray:
+    column = cfg.stratify_column
+    if column not in train.columns:
+        raise ArtifactError(f"folds.stratify_column={column!r} is not a train column; "
+                            f"choose one of {list(train.columns)}")
+    values = train[column]
+    if isinstance(values.dtype, pd.CategoricalDtype) or values.nunique() <= cfg.stratify_bins:
+        return values.astype(str).to_numpy()
+    return pd.qcut(values.rank(method="first"), cfg.stratify_bins, labels=False).to_numpy()
+
+
+def ensure_folds(cfg: Config) -> Folds:
+    """Load the experiment's folds.csv, making it on first use.
+
+    It is remade never: a folds.csv made from another train file or fold config is an error,
+    since artifacts already built on it would silently mix with new ones.
+    """
+    spec = cfg.dataset
+    path = cfg.experiment_dir / FOLDS_FILE
+    meta_path = path.with_suffix(".meta.json")
+    wanted = {
+        "train_hash": file_hash(table_path(cfg.data_dir, spec, "train")),
+        "folds_config": cfg.folds.model_dump(mode="json"),
+    }
+    if path.exists() and meta_path.exists():
+        meta = read_json(meta_path)
+        recorded = {k: meta.get(k) for k in wanted}
+        if recorded != wanted:
+            raise ArtifactError(
+                f"{path} was made from {recorded} but this run asks for {wanted}. Folds are made "
+                "once per experiment: use another experiment (EXP=...) or delete that folder."
+            )
+        if meta.get("folds_hash") != file_hash(path):
+            raise ArtifactError(f"{path} was edited after it was made (hash differs from "
+                                f"{meta_path}); delete both to remake them")
+        return load_folds(path)
+    table = assign_folds(read_table(cfg.data_dir, spec, "train"), spec, cfg.folds)
+    write_csv_atomic(path, table)
+    write_json_atomic(meta_path, {**wanted, "folds_hash": file_hash(path)})
+    return load_folds(path)
+
+
+def load_folds(path: str | Path) -> Folds:
+    path = Path(path)
+    table = pd.read_csv(path, dtype={"ID": str, "scene": str, "fold": int})
+    return Folds(table=table, hash=file_hash(path), path=path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trajstack folds`: make (or check) the experiment's folds.csv and print its summary."""
+    from trajstack.cli import common_parser, config_from_args
+
+    args = common_parser("folds", "write folds.csv (ID, scene, fold) for the experiment").parse_args(argv)
+    folds = ensure_folds(config_from_args(args))
+    sizes = folds.table.groupby("fold").agg(rows=("ID", "size"), scenes=("scene", "nunique"))
+    print(f"{folds.path} (hash {folds.hash})")
+    print(sizes.to_string())
+    return 0
