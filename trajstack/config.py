@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from features.config import FeaturesConfig
+from stage1_nn.config import Stage1Config
+from stage2_gbdt.config import Stage2Config
 from trajstack.spec import DatasetSpec, StrictModel
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -45,6 +48,10 @@ class Config(StrictModel):
     dataset: DatasetSpec
     folds: FoldsConfig = FoldsConfig()
     cache: CacheConfig = CacheConfig()
+    # Stage sections live beside their code; each forbids unknown keys like the rest.
+    stage1: Stage1Config = Stage1Config()
+    features: FeaturesConfig = FeaturesConfig()
+    stage2: Stage2Config = Stage2Config()
 
     @property
     def experiment_dir(self) -> Path:
