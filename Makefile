@@ -64,10 +64,11 @@ folds: $(STAMP) $(DATA_DEP)
 stage1: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) stage1 $(COMMON) --nproc $(NPROC)
 
-stage2: $(STAMP) $(DATA_DEP)
+# stage 2 reads stage 1's OOF features; `make stage2 -o stage1` skips that when they are off.
+stage2: stage1
 	$(TRAJSTACK) stage2 $(COMMON) --learner $(LEARNER)
 
-blend: $(STAMP) $(DATA_DEP)
+blend: stage2
 	$(TRAJSTACK) blend $(COMMON)
 
 report: $(STAMP) $(DATA_DEP)
