@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("trajstack.validate", "check a dataset against the spec; exit 2 on problems"),
     "cache": ("trajstack.image_cache", "decode every frame once into the memory-mapped cache"),
     "folds": ("trajstack.folds", "write the experiment's folds.csv (GroupKFold on scene)"),
+    "vlm": ("stage1_nn.vlm.cli", "extract Qwen2-VL features into a cache"),
     "stage1": ("stage1_nn.train", "train the stage-1 network with K-fold CV (OOF + embeddings)"),
     "stage2": ("stage2_gbdt.train", "fit one GBDT per target on the feature table"),
     "blend": ("ensembling.blend", "optimise blend weights on OOF and write the submission"),
@@ -38,12 +39,13 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
+    cfg = load_config(args.config, list(args.overrides))
+    # Set directly, not as overrides: a path such as `2024` or `null` must stay a string.
     if args.data:
-        overrides.append(f"data_dir={args.data}")
+        cfg.data_dir = str(args.data)
     if args.exp:
-        overrides.append(f"experiment={args.exp}")
-    return load_config(args.config, overrides)
+        cfg.experiment = str(args.exp)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,14 +7,18 @@ the key and the valid ones. The resolved config is what every artifact saves nex
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ensembling.config import BlendConfig, ReportConfig, TrackingConfig
 from features.config import FeaturesConfig
 from stage1_nn.config import Stage1Config
+from stage1_nn.vlm.config import VLMConfig
 from stage2_gbdt.config import Stage2Config
 from trajstack.spec import DatasetSpec, StrictModel
 
@@ -50,8 +54,12 @@ class Config(StrictModel):
     cache: CacheConfig = CacheConfig()
     # Stage sections live beside their code; each forbids unknown keys like the rest.
     stage1: Stage1Config = Stage1Config()
+    vlm: VLMConfig = VLMConfig()
     features: FeaturesConfig = FeaturesConfig()
     stage2: Stage2Config = Stage2Config()
+    blend: BlendConfig = BlendConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def experiment_dir(self) -> Path:
@@ -165,7 +173,10 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside an annotation such as `Model` or `Model | None`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
+    # Only unions (`Model | None`) hold a section; a dict or list of models is a value.
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
         found = _model_of(arg)
         if found is not None:
             return found
