@@ -1,0 +1,173 @@
+"""`trajstack blend`: optimise blend weights on every run's OOF and write the submission.
+
+Reads top to bottom: config -> folds -> input runs -> fit (final + nested) -> artifacts ->
+submission -> report -> tracking -> summary. A finished blend with the same config and inputs
+is not refit; its submission, report and summary are simply refreshed from its artifacts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ensembling.config import BlendConfig
+from ensembling.fitting import BlendFit, fit_blend
+from ensembling.inputs import BLEND_STAGE, BlendInputs, load_inputs
+from ensembling.optimizers import OPTIMIZERS
+from ensembling.submission import SubmissionError, check_submission, write_submission
+from trajstack.artifacts import ArtifactError, ArtifactStore, Run
+from trajstack.config import Config, ConfigError
+from trajstack.folds import ensure_folds
+from trajstack.io import file_hash
+from trajstack.metrics import mae_report
+from trajstack.tables import table_path
+
+# The config sections a blend depends on. Upstream sections (stage1, features, stage2, ...)
+# reach it through its inputs' signatures, and report/tracking change no number, so editing
+# them does not invalidate a finished blend.
+CONFIG_KEYS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "blend")
+
+
+def optimizer_params(blend: BlendConfig) -> dict[str, Any]:
+    """Parameters of the chosen optimiser: the `blend.<optimizer>` section when there is one."""
+    section = getattr(blend, blend.optimizer, None)
+    return section.model_dump() if hasattr(section, "model_dump") else {}
+
+
+def blend_run(cfg: Config, inputs: BlendInputs, fold_hash: str) -> Run:
+    """The artifact-store run of this blend (outputs/<exp>/blend/<name>/)."""
+    spec = cfg.dataset
+    signature_inputs = {r.name: str(r.meta.get("signature")) for r in inputs.runs}
+    signature_inputs["train"] = file_hash(table_path(cfg.data_dir, spec, "train"))
+    signature_inputs["test"] = file_hash(table_path(cfg.data_dir, spec, "test"))
+    config = {k: v for k, v in cfg.to_dict().items() if k in CONFIG_KEYS}
+    return ArtifactStore(cfg.experiment_dir).run(BLEND_STAGE, cfg.blend.run_name, config,
+                                                 signature_inputs, fold_hash)
+
+
+def run_blend(cfg: Config, force: bool = False) -> tuple[Run, BlendInputs]:
+    """Fit and write the blend unless an identical one is finished; return its run and inputs."""
+    if cfg.blend.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"blend.optimizer={cfg.blend.optimizer!r} is not a blend optimiser; "
+                          f"choose one of {sorted(OPTIMIZERS)}")
+    folds = ensure_folds(cfg)
+    inputs = load_inputs(cfg, ArtifactStore(cfg.experiment_dir), folds)
+    run = blend_run(cfg, inputs, folds.hash)
+    if run.is_done() and not force:
+        print(f"blend: {run.dir} is up to date ({len(inputs.names)} runs); not refit")
+        return run, inputs
+    previous = run.read_meta()
+    if previous is not None and previous.get("status") == "done":
+        # A blend is cheap and derived only from its inputs: when they change (a learner
+        # added, a stage rerun) refit at once; the old blend is moved aside, never deleted.
+        print(f"blend: inputs or config changed since {run.dir} was made; moving it aside "
+              "and refitting")
+    run.begin(force=True)
+    print(f"blend: fitting '{cfg.blend.optimizer}' weights on {len(inputs.names)} runs: "
+          f"{', '.join(inputs.names)}", flush=True)
+    fit = fit_blend(inputs.oof, inputs.y, inputs.fold, inputs.test, cfg.blend.optimizer,
+                    optimizer_params(cfg.blend), nested=cfg.blend.nested)
+    scores = write_blend_artifacts(run, cfg, inputs, fit)
+    run.finish(scores=scores)
+    return run, inputs
+
+
+def write_blend_artifacts(run: Run, cfg: Config, inputs: BlendInputs, fit: BlendFit) -> dict[str, Any]:
+    """Weights (JSON + heat-map), scores, OOF and test tables of the blend; returns the scores."""
+    from ensembling.plots import plot_weight_heatmap
+
+    spec = cfg.dataset
+    targets = spec.target_columns
+    honest = fit.oof_nested if fit.oof_nested is not None else fit.oof_in_sample
+    scores = {
+        "mae_report": mae_report(inputs.y, honest, spec),
+        "nested": fit.oof_nested is not None,
+        "in_sample_mae_report": mae_report(inputs.y, fit.oof_in_sample, spec),
+        "runs": {name: mae_report(inputs.y, inputs.oof[i], spec)
+                 for i, name in enumerate(inputs.names)},
+    }
+    run.write_json("weights.json", {
+        "optimizer": cfg.blend.optimizer, "params": optimizer_params(cfg.blend),
+        "models": inputs.names, "targets": targets,
+        "weights": _weight_table(fit.weights, inputs.names, targets),
+        "fold_weights": {str(k): _weight_table(w, inputs.names, targets)
+                         for k, w in fit.fold_weights.items()},
+    })
+    run.write_json("scores.json", scores)
+    plot_weight_heatmap(fit.weights, inputs.names, targets, run.path("weights.png"),
+                        title=f"blend weights ({cfg.blend.optimizer}, fit on all OOF)")
+    oof = pd.DataFrame(honest, columns=targets)
+    oof.insert(0, "fold", inputs.fold)
+    oof.insert(0, spec.id_column, inputs.train_ids)
+    run.write_parquet("oof.parquet", oof)
+    in_sample = pd.DataFrame(fit.oof_in_sample, columns=targets)
+    in_sample.insert(0, spec.id_column, inputs.train_ids)
+    run.write_parquet("oof_in_sample.parquet", in_sample)
+    test = pd.DataFrame(fit.test, columns=targets)
+    test.insert(0, spec.id_column, inputs.test_ids)
+    run.write_parquet("test.parquet", test)
+    return scores
+
+
+def _weight_table(weights: np.ndarray, names: list[str], targets: list[str]) -> dict[str, dict[str, float]]:
+    return {name: {t: round(float(w), 6) for t, w in zip(targets, row, strict=True)}
+            for name, row in zip(names, weights, strict=True)}
+
+
+def write_blend_submission(cfg: Config, run: Run, inputs: BlendInputs) -> tuple[Any, np.ndarray]:
+    """outputs/<exp>/<submission_file> from the blend's test table, checked before returning."""
+    spec = cfg.dataset
+    test = pd.read_parquet(run.path("test.parquet")).set_index(spec.id_column)
+    predictions = test.loc[inputs.test_ids, spec.target_columns].to_numpy(float)
+    path = write_submission(cfg.experiment_dir / cfg.blend.submission_file, predictions, spec)
+    check_submission(path, cfg.data_dir, spec)
+    return path, predictions
+
+
+def print_summary(cfg: Config, run: Run, inputs: BlendInputs, submission: Any,
+                  test_score: dict[str, Any] | None) -> None:
+    """CV MAE of every run by stage and of the blend, the submission path, the oracle score."""
+    scores = run.read_meta()["scores"]
+    n_folds = len(np.unique(inputs.fold))
+    print(f"\nCV MAE (out-of-fold, {len(inputs.y)} train rows, {n_folds} folds)")
+    for name in sorted(scores["runs"]):
+        print(f"  {name:<28} {scores['runs'][name]['mae']:.4f}")
+    honest = scores["mae_report"]["mae"]
+    in_sample = scores["in_sample_mae_report"]["mae"]
+    label = "nested" if scores.get("nested") else "in-sample (nesting off)"
+    print(f"  {run.stage + '/' + run.name:<28} {honest:.4f} {label}; {in_sample:.4f} in-sample")
+    print(f"submission: {submission}")
+    if test_score is not None:
+        floor = test_score["floor_mae"]
+        ratio = f" = {test_score['ratio_to_floor']:.3f} x floor {floor:.4f}" if floor else ""
+        print(f"test MAE (oracle): {test_score['mae']:.4f}{ratio}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trajstack blend [--config C] [--data D] [--exp E] [--force] [key=value ...]`."""
+    from ensembling.oracle import test_score as oracle_test_score
+    from ensembling.report import build_report
+    from ensembling.tracking import log_experiment
+    from trajstack.cli import common_parser, config_from_args
+
+    parser = common_parser("blend", "optimise blend weights on OOF and write the submission")
+    parser.add_argument("--force", action="store_true", help="refit even when up to date")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    try:
+        run, inputs = run_blend(cfg, force=args.force)
+        submission, predictions = write_blend_submission(cfg, run, inputs)
+    except (ArtifactError, SubmissionError) as err:
+        print(f"trajstack blend: {err}", file=sys.stderr)
+        return 2
+    # Read only now, after everything is fixed: the oracle is for quoting, never for choosing.
+    score = oracle_test_score(cfg.data_dir, inputs.test_ids, predictions, cfg.dataset)
+    if cfg.report.enabled:
+        build_report(cfg, test_score=score)
+    if cfg.tracking.backend != "none":
+        log_experiment(cfg)
+    print_summary(cfg, run, inputs, submission, score)
+    return 0
