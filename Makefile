@@ -18,6 +18,7 @@ EXP        ?= demo
 CONFIG     ?= configs/demo.yaml
 LEARNER    ?= lightgbm
 NPROC      ?= 1
+BENCH      ?=
 ARGS       ?=
 DEMO_TRAIN_SCENES ?= 400
 DEMO_TEST_SCENES  ?= 80
@@ -25,7 +26,7 @@ DEMO_SEED  ?= 0
 
 COMMON = --config $(CONFIG) --data $(DATA) --exp $(EXP) $(ARGS)
 
-.PHONY: help setup demo-data validate cache folds stage1 stage2 blend report all test bench lint clean
+.PHONY: help setup demo-data validate cache vlm folds stage1 stage2 blend report all test bench lint clean
 
 help:
 	@echo "make stage1 stage2 blend   full pipeline on the demo data (DATA=... for your own)"
@@ -58,6 +59,10 @@ validate: $(STAMP) $(DATA_DEP)
 cache: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) cache $(COMMON)
 
+# Qwen2-VL features into a resumable cache (weights from a local folder or HF cache only).
+vlm: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) vlm $(COMMON)
+
 folds: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) folds $(COMMON)
 
@@ -80,7 +85,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP) $(DATA_DEP)
-	$(PY) -m benchmarks.run --data $(DATA) --readme README.md
+	$(PY) -m benchmarks.run --data $(DATA) --config $(CONFIG) --exp $(EXP) --readme README.md \
+	    $(if $(BENCH),--only $(BENCH),)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,124 @@
-"""Config section for the stage 1 network (issue 5). Pure pydantic: importing it must stay cheap (no torch)."""
+"""Config section for the stage 1 network (issue 5). Pure pydantic: importing it must stay cheap (no torch).
+
+Every technique of the recipe is a switch here, so an ablation is a list of `key=value`
+overrides (e.g. `stage1.mode=row stage1.model.telemetry.enabled=false`), never a code copy.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from trajstack.spec import StrictModel
 
 
+class TelemetryInputConfig(StrictModel):
+    # Telemetry projector: Linear -> [BatchNorm] -> GELU.
+    enabled: bool = True
+    width: int = 256
+    batchnorm: bool = False
+
+
+class VlmInputConfig(StrictModel):
+    # Projector of an extra per-row vector: Linear -> ReLU -> Dropout. The vector is the cached
+    # Qwen2-VL features when the top-level `vlm.enabled` is true, else the parquet `features`
+    # (ID + one float column per feature, train and test IDs) when set; no vector: no projector.
+    features: str | None = None
+    width: int = 128
+    dropout: float = 0.1
+
+
+class LstmConfig(StrictModel):
+    # BiLSTM over the rows of a scene; off means every row is predicted on its own.
+    enabled: bool = True
+    hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.0
+
+
+class ModelConfig(StrictModel):
+    backbone: str = "convnext_tiny"  # any timm model name
+    pretrained: bool = False
+    drop_path_rate: float = 0.0
+    # Extra keyword arguments for timm.create_model (e.g. dims/depths of a custom ConvNeXt).
+    backbone_kwargs: dict[str, Any] = {}
+    telemetry: TelemetryInputConfig = TelemetryInputConfig()
+    vlm: VlmInputConfig = VlmInputConfig()
+    lstm: LstmConfig = LstmConfig()
+    head_dropout: float = 0.0
+
+
+class LossConfig(StrictModel):
+    # L1 on the main head (the metric is MAE); SmoothL1 on the velocity/acceleration head.
+    aux: bool = True
+    aux_weight: float = 0.2
+    aux_beta: float = 1.0
+    # Scale targets by their training-fold mean/std inside the model (outputs stay in metres).
+    normalize_targets: bool = False
+
+
+class OptimConfig(StrictModel):
+    lr: float = 1e-3  # telemetry, LSTM, heads
+    backbone_lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+
+
+class EmaConfig(StrictModel):
+    # timm ModelEmaV3; the EMA weights are the ones evaluated and saved.
+    enabled: bool = True
+    decay: float = 0.999
+    warmup: bool = True  # ramp the decay up from 0: needed for short runs
+
+
+class AugmentConfig(StrictModel):
+    # Label-consistent horizontal flip of a whole sequence (dataset.flip rules).
+    flip_p: float = 0.5
+    # Photometric (albumentations), the same parameters for every frame of a row.
+    noise_p: float = 0.0
+    noise_std: tuple[float, float] = (0.02, 0.08)  # fraction of the pixel range
+    blur_p: float = 0.0  # Blur or MotionBlur, one of the two
+    blur_limit: int = 5
+    brightness_p: float = 0.0
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+
+
 class Stage1Config(StrictModel):
-    pass
+    name: str = "convnext_bilstm"  # run folder: outputs/<exp>/stage1/<name>/
+    # scene: the rows of a scene as one padded sequence; row: every row on its own.
+    mode: Literal["scene", "row"] = "scene"
+    frames: list[str] | None = None  # subset of dataset.frames stacked as channels (None: all)
+    image_size: tuple[int, int] | None = None  # (H, W) to resize to on the device; None: native
+    folds: list[int] | None = None  # train only these folds (None: all)
+    epochs: int = 10
+    # Sequences per step: scenes in scene mode, rows in row mode (per process under DDP).
+    batch_size: int = 16
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    num_workers: int = 0
+    threads: int | None = None  # torch CPU threads per process (None: cores / processes)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the backbone
+    select: Literal["best", "last"] = "best"  # which epoch's weights to keep, by val MAE
+    tta_flip: bool = False  # average plain and flipped-back predictions
+    progress: bool = True
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    ema: EmaConfig = EmaConfig()
+    augment: AugmentConfig = AugmentConfig()
+    seed_offset: int = Field(0, description="added to the global seed (bagging)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Stage1Config:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("stage1.epochs and stage1.batch_size must be >= 1")
+        if self.folds is not None and not self.folds:
+            raise ValueError("stage1.folds is empty; use null for all folds")
+        return self

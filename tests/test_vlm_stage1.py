@@ -1,7 +1,7 @@
 """Stage 1 trains one epoch with VLM features fused, through the real CLIs, on tiny data.
 
-`trajstack vlm --export` writes the cached features as the parquet stage 1 reads
-(`stage1.model.vlm.features`); stage 1 then projects them (Linear -> ReLU -> Dropout).
+`trajstack vlm` caches the features; with `vlm.enabled: true` stage 1 reads that cache and
+projects the vectors (Linear -> ReLU -> Dropout) before the BiLSTM.
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ def test_stage1_one_epoch_with_vlm_features(tmp_path):
                                    hidden_size=HIDDEN)
         common = ["--config", "demo", "--data", str(data.root), "--exp", "vlm1",
                   f"output_dir={tmp_path / 'out'}", f"vlm.model={model}", "vlm.enabled=true"]
-        features = tmp_path / "vlm.parquet"
-        assert trajstack_main(["vlm", *common, "vlm.progress=false", "--export", str(features)]) == 0
-        assert trajstack_main(["stage1", *common, *STAGE1_SHRINK, "stage1.model.vlm.enabled=true",
-                               f"stage1.model.vlm.features={features}"]) == 0
+        assert trajstack_main(["vlm", *common, "vlm.progress=false"]) == 0
+        # vlm.enabled alone makes stage 1 read the cache (and refuse a mismatched one).
+        assert trajstack_main(["stage1", *common, *STAGE1_SHRINK]) == 0
     finally:
         torch.set_num_threads(before)
 

@@ -1,0 +1,134 @@
+"""`make bench`: run the benchmarks and write each one's table into README.md.
+
+Each benchmark module exposes `run(...) -> dict`; this script calls the chosen ones and puts
+their figures between `<!-- bench:NAME -->` markers, so README figures are produced, never
+typed. Benchmarks measure on this machine as it is; quote ratios and medians, not one run.
+
+    python -m benchmarks.run --data data/demo --readme README.md [--only cache,stage1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_pipeline import machine_info
+from benchmarks.readme_table import update_readme_table
+from trajstack.config import load_config
+
+
+def _cache(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_cache
+
+    with tempfile.TemporaryDirectory() as cache_root:
+        return bench_cache.run(args.data, cache_root, config=args.config)
+
+
+def _drivesim(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_drivesim
+
+    with tempfile.TemporaryDirectory() as out:
+        return bench_drivesim.run(out)
+
+
+def _stage1(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_stage1
+
+    return bench_stage1.run(load_config(args.config, [f"data_dir={args.data}"]))
+
+
+def _stage2(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_stage2
+
+    return bench_stage2.run(data_dir=args.data, full_data_dir=args.full_data, config=args.config)
+
+
+def _vlm(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_vlm
+
+    return bench_vlm.run()
+
+
+def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_pipeline
+
+    result = bench_pipeline.run(args.config, args.data, args.exp)
+    result["markdown"] = bench_pipeline.to_markdown(result)
+    return result
+
+
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
+    "pipeline": ("`make stage1 stage2 blend` on the demo data", _pipeline),
+    "cache": ("image cache: build and loader speed", _cache),
+    "drivesim": ("drivesim generation speed", _drivesim),
+    "stage1": ("stage-1 training and loader speed (CPU)", _stage1),
+    "stage2": ("stage-2 wall time, 18 targets x 5 folds per learner", _stage2),
+    "vlm": ("VLM extractor speed, tiny random Qwen2-VL (CPU)", _vlm),
+}
+
+
+def to_markdown(title: str, result: dict[str, Any]) -> str:
+    """A two-column table of the (flattened) figures, headed by the machine and date."""
+    if "markdown" in result:
+        return str(result["markdown"])
+    rows = [f"**{title}** — {_machine_line()}", "", "| figure | value |", "|---|---|"]
+    for key, value in _flatten(result):
+        rows.append(f"| {key} | {_fmt(value)} |")
+    return "\n".join(rows)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{name}."))
+        elif not isinstance(value, list | tuple):
+            out.append((name, value))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def _machine_line() -> str:
+    info = machine_info()
+    gpu = f", {info['gpu']}" if info.get("gpu") else ", no GPU"
+    return f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB{gpu}, {dt.date.today()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--exp", default="demo")
+    parser.add_argument("--full-data", default=None,
+                        help="a full-scale drivesim dataset for the stage-2 benchmark")
+    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma list of {', '.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    for name in chosen:
+        title, bench = BENCHMARKS[name]
+        print(f"== bench {name}: {title}", flush=True)
+        result = bench(args)
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2,
+                         default=str))
+        update_readme_table(Path(args.readme), name, to_markdown(title, result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

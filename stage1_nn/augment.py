@@ -1,0 +1,82 @@
+"""Augmentations: the label-consistent horizontal flip (spec-driven) and photometric noise.
+
+The flip acts on a whole sequence at once (every row of a scene), so the BiLSTM never sees a
+scene whose rows disagree about left and right. Photometric transforms draw their parameters
+once per row and apply them to every frame of that row (albumentations `additional_targets`),
+so the frames stay consistent with each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+
+from trajstack.spec import DatasetSpec
+
+from .config import AugmentConfig
+
+
+@dataclass
+class FlipRules:
+    """Index form of `dataset.flip`: which telemetry columns to negate or swap, target signs.
+
+    `swap_light_classes` is not used here: stage 1 does not read the traffic-light files.
+    """
+
+    negate: np.ndarray  # telemetry column indices
+    swap: list[tuple[int, int]]
+    target_sign: np.ndarray  # (n_targets,)
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> FlipRules:
+        cols = spec.telemetry_columns
+        negate = np.array([cols.index(c) for c in spec.flip.negate_columns], dtype=int)
+        swap = [(cols.index(a), cols.index(b)) for a, b in spec.flip.swap_columns]
+        return cls(negate, swap, np.asarray(spec.flip_target_sign, dtype=np.float32))
+
+    def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A flipped copy of a raw sample: images (T, F, H, W, C), telemetry (T, n), targets (T, m)."""
+        out = dict(sample)
+        out["images"] = sample["images"][..., ::-1, :]  # mirror the width axis
+        tele = sample["telemetry"].copy()
+        tele[:, self.negate] = -tele[:, self.negate]
+        for a, b in self.swap:
+            tele[:, [a, b]] = tele[:, [b, a]]
+        out["telemetry"] = tele
+        if "targets" in sample:
+            out["targets"] = sample["targets"] * self.target_sign
+        return out
+
+
+class PhotometricAugment:
+    """Gaussian noise, blur or motion blur, brightness/contrast; one draw per row, all frames.
+
+    Parameters
+    ----------
+    cfg : the `stage1.augment` section.
+    n_frames : frames per row (each becomes an albumentations target sharing the parameters).
+    seed : seed of albumentations' own generators.
+    """
+
+    def __init__(self, cfg: AugmentConfig, n_frames: int, seed: int = 0):
+        limit = max(3, cfg.blur_limit | 1)  # kernel sizes must be odd
+        transforms = [
+            A.GaussNoise(std_range=tuple(cfg.noise_std), p=cfg.noise_p),
+            A.OneOf([A.Blur(blur_limit=(3, limit)), A.MotionBlur(blur_limit=(3, limit))], p=cfg.blur_p),
+            A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit,
+                                       contrast_limit=cfg.contrast_limit, p=cfg.brightness_p),
+        ]
+        self.keys = ["image"] + [f"image{i}" for i in range(1, n_frames)]
+        self.transform = A.Compose(transforms, additional_targets={k: "image" for k in self.keys[1:]},
+                                   seed=seed)
+
+    @staticmethod
+    def wanted(cfg: AugmentConfig) -> bool:
+        return max(cfg.noise_p, cfg.blur_p, cfg.brightness_p) > 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """frames (F, H, W, C) uint8 -> augmented copy, same shape."""
+        result = self.transform(**{k: np.ascontiguousarray(f) for k, f in zip(self.keys, frames, strict=True)})
+        return np.stack([result[k] for k in self.keys])

@@ -1,0 +1,300 @@
+"""Stage-1 data: raw telemetry, its encoder, auxiliary targets, sequences, dataset and collate.
+
+Everything schema-related (columns, kinds, category levels, frames, targets) comes from the
+dataset spec. Frames are read from the image cache (uint8 memmap), never decoded per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from trajstack.config import Config, ConfigError
+from trajstack.io import file_hash
+from trajstack.spec import DatasetSpec
+from trajstack.tables import scene_and_time
+
+from .augment import FlipRules, PhotometricAugment
+
+# ----------------------------------------------------------------------------- telemetry
+
+
+def raw_telemetry(table: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """(n, n_telemetry) float64 in spec column order: floats and bools as read, categories as codes.
+
+    Missing values stay NaN (a category code of -1 becomes NaN); the encoder imputes them.
+    """
+    columns = []
+    for col, kind in spec.telemetry.items():
+        if kind == "category":
+            codes = pd.Categorical(table[col], categories=spec.categories[col]).codes.astype(float)
+            codes[codes < 0] = np.nan
+            columns.append(codes)
+        else:
+            columns.append(pd.to_numeric(table[col], errors="coerce").to_numpy(float))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(table), 0))
+
+
+@dataclass
+class TelemetryEncoder:
+    """Standardise floats, keep bools 0/1, one-hot categories; impute NaN and add missing flags.
+
+    Fit on the training fold only (`fit`), so validation rows never leak into the statistics.
+    """
+
+    kinds: list[str]
+    n_levels: list[int]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, spec: DatasetSpec) -> TelemetryEncoder:
+        kinds = list(spec.telemetry.values())
+        n_levels = [len(spec.categories[c]) if k == "category" else 0 for c, k in spec.telemetry.items()]
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(raw, axis=0)) if len(raw) else np.zeros(raw.shape[1])
+            std = np.nan_to_num(np.nanstd(raw, axis=0)) if len(raw) else np.ones(raw.shape[1])
+        std = np.where(std > 1e-6, std, 1.0)
+        return cls(kinds, n_levels, mean.tolist(), std.tolist())
+
+    @property
+    def n_features(self) -> int:
+        # value (+ one-hot levels for categories) and one missing flag per column
+        return sum(n if k == "category" else 1 for k, n in zip(self.kinds, self.n_levels, strict=True)) + len(self.kinds)
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """(n, n_features) float32; never NaN."""
+        out, flags = [], []
+        for j, kind in enumerate(self.kinds):
+            x = raw[:, j]
+            missing = ~np.isfinite(x)
+            flags.append(missing.astype(np.float32))
+            if kind == "category":
+                onehot = np.zeros((len(x), self.n_levels[j]), np.float32)
+                ok = ~missing
+                onehot[np.flatnonzero(ok), x[ok].astype(int)] = 1.0
+                out.append(onehot)
+            elif kind == "bool":
+                out.append(np.where(missing, self.mean[j], x)[:, None].astype(np.float32))
+            else:
+                z = (x - self.mean[j]) / self.std[j]
+                out.append(np.where(missing, 0.0, z)[:, None].astype(np.float32))
+        out.append(np.stack(flags, axis=1) if flags else np.zeros((len(raw), 0), np.float32))
+        return np.concatenate(out, axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kinds": self.kinds, "n_levels": self.n_levels, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TelemetryEncoder:
+        return cls(list(state["kinds"]), list(state["n_levels"]), list(state["mean"]), list(state["std"]))
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def aux_target_names(spec: DatasetSpec) -> list[str]:
+    """`v{axis}_{k}` (k < horizons - 1) then `a{axis}_{k}` (k < horizons - 2), horizon-major."""
+    n = spec.n_horizons
+    return ([f"v{a}_{k}" for k in range(n - 1) for a in spec.axes]
+            + [f"a{a}_{k}" for k in range(n - 2) for a in spec.axes])
+
+
+def aux_targets(targets: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """Velocities and accelerations by finite differences between horizons: (n, len(aux names)).
+
+    Works on any array whose last axis is the targets in spec order (horizon-major), numpy or
+    torch, so predictions can be turned into aux values the same way.
+    """
+    n_axes, n_h = len(spec.axes), spec.n_horizons
+    is_numpy = isinstance(targets, np.ndarray)
+    pos = targets.reshape(*targets.shape[:-1], n_h, n_axes)
+    dt = np.diff(np.asarray(spec.horizons_s, dtype=np.float32))[:, None]
+    dt2 = 0.5 * (dt[1:] + dt[:-1])  # spacing of the velocities (mid-points)
+    if not is_numpy:
+        dt, dt2 = (torch.as_tensor(d, device=targets.device, dtype=targets.dtype) for d in (dt, dt2))
+    vel = (pos[..., 1:, :] - pos[..., :-1, :]) / dt
+    acc = (vel[..., 1:, :] - vel[..., :-1, :]) / dt2
+    flat = (*targets.shape[:-1], -1)
+    parts = [vel.reshape(flat), acc.reshape(flat)]
+    return np.concatenate(parts, axis=-1) if is_numpy else torch.cat(parts, dim=-1)
+
+
+def aux_sign(spec: DatasetSpec) -> np.ndarray:
+    """Sign of each aux target under the flip: that of its axis (velocity of y flips with y)."""
+    neg = set(spec.flip.negate_axes)
+    n = spec.n_horizons
+    axes = [a for k in range(n - 1) for a in spec.axes] + [a for k in range(n - 2) for a in spec.axes]
+    return np.array([-1.0 if a in neg else 1.0 for a in axes])
+
+
+# ----------------------------------------------------------------------------- sequences
+
+
+def make_sequences(ids: Sequence[str] | np.ndarray, spec: DatasetSpec, mode: str) -> list[np.ndarray]:
+    """Index arrays into `ids`: one per scene sorted by time (scene mode) or one per row (row mode)."""
+    scenes, times = scene_and_time(list(ids), spec)
+    order = np.lexsort((times, scenes))
+    if mode == "row":
+        return [np.array([i]) for i in order]
+    sorted_scenes = scenes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scenes[1:] != sorted_scenes[:-1]])
+    return np.split(order, starts[1:])
+
+
+def frame_indices(spec: DatasetSpec, frames: list[str] | None) -> np.ndarray:
+    """Positions of the chosen frames in the cache's frame axis (spec order)."""
+    if frames is None:
+        return np.arange(len(spec.frames))
+    unknown = [f for f in frames if f not in spec.frames]
+    if unknown:
+        raise ConfigError(f"stage1.frames names {unknown}, not in dataset.frames {spec.frames}")
+    return np.array([spec.frames.index(f) for f in frames])
+
+
+def extra_vectors(cfg: Config, split: str, ids: Sequence[str]) -> np.ndarray | None:
+    """The extra per-row vector the model fuses, in `ids` order, or None when there is none.
+
+    The cached VLM features when `vlm.enabled` (refusing a cache of other IDs, model or
+    prompt), else the parquet at `stage1.model.vlm.features` when set.
+    """
+    if cfg.vlm.enabled:
+        from stage1_nn.vlm.features import load_vlm_features
+
+        return load_vlm_features(cfg, split, np.asarray(ids, dtype=str))
+    if cfg.stage1.model.vlm.features:
+        return read_extra_vectors(cfg.stage1.model.vlm.features, ids, cfg.dataset.id_column)
+    return None
+
+
+def extra_vectors_hash(cfg: Config) -> str | None:
+    """Hash of the extra vectors' source, for the run's signature (None: no extra input)."""
+    if cfg.vlm.enabled:
+        from stage1_nn.vlm.features import vlm_cache_hash
+
+        return vlm_cache_hash(cfg)
+    if cfg.stage1.model.vlm.features:
+        return file_hash(cfg.stage1.model.vlm.features)
+    return None
+
+
+def read_extra_vectors(path: str | Path, ids: Sequence[str], id_column: str) -> np.ndarray:
+    """(len(ids), d) float32 from a parquet of ID + feature columns, in `ids` order; NaN -> 0."""
+    table = pd.read_parquet(path)
+    if id_column not in table.columns:
+        raise ValueError(f"{path}: no {id_column} column")
+    values = table.set_index(id_column).reindex(list(ids))
+    if values.isna().all(axis=1).any():
+        missing = values.index[values.isna().all(axis=1)][0]
+        raise ValueError(f"{path}: no features for ID {missing!r}")
+    return np.nan_to_num(values.to_numpy(np.float32))
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class SequenceDataset(Dataset):
+    """Items are sequences of rows (a scene, or a single row): frames, telemetry, targets.
+
+    Parameters
+    ----------
+    sequences : index arrays into the split's table (see `make_sequences`).
+    images : the split's image cache ``images`` array (rows, frames, H, W, C), table order.
+    telemetry : raw telemetry (see `raw_telemetry`), table order.
+    encoder : fitted `TelemetryEncoder`.
+    spec : dataset spec.
+    frames : frame indices to stack (see `frame_indices`).
+    targets : (rows, n_targets) or None (test).
+    extra : (rows, d) extra per-row vector or None.
+    flip : flip rules; applied with probability `flip_p` to a whole sequence.
+    photometric : per-row photometric augmentation or None.
+    seed : seed of the flip draws.
+    """
+
+    def __init__(self, sequences: list[np.ndarray], images: np.ndarray, telemetry: np.ndarray,
+                 encoder: TelemetryEncoder, spec: DatasetSpec, frames: np.ndarray,
+                 targets: np.ndarray | None = None, extra: np.ndarray | None = None,
+                 flip: FlipRules | None = None, flip_p: float = 0.0,
+                 photometric: PhotometricAugment | None = None, seed: int = 0):
+        self.sequences, self.images, self.telemetry = sequences, images, telemetry
+        self.encoder, self.spec, self.frames = encoder, spec, frames
+        self.targets, self.extra = targets, extra
+        self.flip, self.flip_p, self.photometric = flip, flip_p, photometric
+        self.rng = np.random.default_rng(seed)
+        self._all_frames = len(frames) == images.shape[1] and np.array_equal(frames, np.arange(len(frames)))
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def reseed(self, seed: int) -> None:
+        """New seeds for the flip draws and the photometric transform (one per loader worker)."""
+        self.rng = np.random.default_rng(seed)
+        if self.photometric is not None:
+            self.photometric.transform.set_random_seed(seed)
+
+    def load(self, index: int, flipped: bool = False) -> dict[str, np.ndarray]:
+        """One sequence, raw (before encoding): images, telemetry, targets; flipped if asked."""
+        rows = self.sequences[index]
+        order = np.argsort(rows)  # a sorted fancy index reads the memmap in file order
+        images = np.empty((len(rows), *self.images.shape[1:]), self.images.dtype)
+        images[order] = self.images[rows[order]]
+        if not self._all_frames:
+            images = images[:, self.frames]
+        sample = {"rows": rows, "images": images, "telemetry": self.telemetry[rows].copy()}
+        if self.targets is not None:
+            sample["targets"] = self.targets[rows].astype(np.float32)
+        if flipped and self.flip is not None:
+            sample = self.flip(sample)
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        flipped = self.flip is not None and self.flip_p > 0 and self.rng.random() < self.flip_p
+        return self.encode(self.load(index, flipped), flipped)
+
+    def encode(self, sample: dict[str, np.ndarray], flipped: bool = False) -> dict[str, Any]:
+        """Turn a raw sample into model inputs (augment, encode telemetry, aux targets)."""
+        images = sample["images"]
+        if self.photometric is not None:
+            images = np.stack([self.photometric(frames) for frames in images])
+        out: dict[str, Any] = {
+            "rows": sample["rows"],
+            "images": np.ascontiguousarray(images),
+            "telemetry": self.encoder.transform(sample["telemetry"]),
+            "flipped": flipped,
+        }
+        if self.extra is not None:
+            out["extra"] = self.extra[sample["rows"]]
+        if "targets" in sample:
+            out["targets"] = sample["targets"]
+            out["aux"] = aux_targets(sample["targets"], self.spec).astype(np.float32)
+        return out
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad sequences to the longest in the batch; `mask` marks real rows, `rows` is -1 on padding."""
+    lengths = [len(item["rows"]) for item in batch]
+    b, t = len(batch), max(lengths)
+    out: dict[str, torch.Tensor] = {
+        "mask": torch.zeros(b, t, dtype=torch.bool),
+        "rows": torch.full((b, t), -1, dtype=torch.long),
+        "flipped": torch.tensor([bool(item["flipped"]) for item in batch]),
+    }
+    for key in ("images", "telemetry", "extra", "targets", "aux"):
+        if key not in batch[0]:
+            continue
+        first = batch[0][key]
+        padded = np.zeros((b, t, *first.shape[1:]), dtype=first.dtype)
+        for i, item in enumerate(batch):
+            padded[i, : lengths[i]] = item[key]
+        out[key] = torch.from_numpy(padded)
+    for i, n in enumerate(lengths):
+        out["mask"][i, :n] = True
+        out["rows"][i, :n] = torch.as_tensor(batch[i]["rows"])
+    return out

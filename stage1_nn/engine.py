@@ -1,0 +1,124 @@
+"""One training epoch and batched prediction; the loop in `train.py` calls these."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from trajstack.spec import DatasetSpec
+
+from .config import Stage1Config
+from .data import aux_sign, aux_targets
+from .distributed import DistEnv
+from .losses import stage1_loss
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked (GPU by default), a no-op in fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor | None]:
+    non_blocking = device.type == "cuda"
+    return {
+        "images": batch["images"].to(device, non_blocking=non_blocking),
+        "telemetry": batch["telemetry"].to(device, non_blocking=non_blocking),
+        "mask": batch["mask"].to(device, non_blocking=non_blocking),
+        "extra": batch["extra"].to(device, non_blocking=non_blocking) if "extra" in batch else None,
+    }
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, ema: Any, cfg: Stage1Config, env: DistEnv,
+                    amp_dtype: torch.dtype | None, step: int, desc: str) -> tuple[dict[str, float], int]:
+    """Train over `loader` once; returns (mean losses, train MAE, samples/s) and the new step count."""
+    model.train()
+    core = unwrap(model)
+    sums: dict[str, float] = {}
+    n_rows, n_batches, abs_err, n_err = 0, 0, 0.0, 0
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=not (cfg.progress and env.is_main))
+    for batch in bar:
+        inputs = _inputs(batch, env.device)
+        mask = inputs["mask"]
+        targets = batch["targets"].to(env.device)[mask]
+        aux = batch["aux"].to(env.device)[mask]
+        with autocast(env.device, amp_dtype):
+            out = model(**inputs)
+        loss, parts = stage1_loss(out, targets, aux, cfg.loss, core.main_scale, core.aux_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if ema is not None:
+            ema.update(core, step=step)
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        with torch.no_grad():
+            err = (out["main"].detach() - targets).abs()
+            ok = torch.isfinite(err)
+            abs_err += float(err[ok].sum())
+            n_err += int(ok.sum())
+        n_rows += int(mask.sum())
+        n_batches += 1
+        bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", mae=f"{abs_err / max(1, n_err):.4f}")
+    seconds = time.perf_counter() - started
+    stats = {f"train_{k}": v / max(1, n_batches) for k, v in sums.items()}
+    stats.update(train_mae=abs_err / max(1, n_err), train_rows=n_rows,
+                 train_rows_per_s=n_rows * env.world / max(seconds, 1e-9), train_seconds=seconds)
+    return stats, step
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Any, env: DistEnv, amp_dtype: torch.dtype | None,
+            spec: DatasetSpec, desc: str = "predict", progress: bool = False) -> dict[str, np.ndarray]:
+    """Predictions for every real row of `loader`: rows, main, aux (head or derived), emb.
+
+    Rows without an aux head get velocities/accelerations derived from the main prediction,
+    so the output always has the same columns.
+    """
+    model.eval()
+    rows, main, aux, emb = [], [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and env.is_main)):
+        inputs = _inputs(batch, env.device)
+        with autocast(env.device, amp_dtype):
+            out = model(**inputs)
+        pred = out["main"].float()
+        rows.append(batch["rows"][batch["mask"]].numpy())
+        main.append(pred.cpu().numpy())
+        aux.append((out["aux"].float() if "aux" in out else aux_targets(pred, spec)).cpu().numpy())
+        emb.append(out["emb"].float().cpu().numpy())
+    if not rows:
+        return {"rows": np.zeros(0, np.int64), "main": np.zeros((0, len(spec.target_columns)), np.float32),
+                "aux": np.zeros((0, len(aux_sign(spec))), np.float32), "emb": np.zeros((0, 0), np.float32)}
+    return {"rows": np.concatenate(rows), "main": np.concatenate(main), "aux": np.concatenate(aux),
+            "emb": np.concatenate(emb)}
+
+
+def merge_flip_tta(plain: dict[str, np.ndarray], flipped: dict[str, np.ndarray],
+                   spec: DatasetSpec) -> dict[str, np.ndarray]:
+    """Average plain and flipped-back predictions (same row order); embeddings stay plain."""
+    if not np.array_equal(plain["rows"], flipped["rows"]):
+        raise RuntimeError("flip TTA: plain and flipped passes saw rows in different orders")
+    sign = np.asarray(spec.flip_target_sign, np.float32)
+    return {**plain,
+            "main": 0.5 * (plain["main"] + flipped["main"] * sign),
+            "aux": 0.5 * (plain["aux"] + flipped["aux"] * aux_sign(spec).astype(np.float32))}

@@ -1,0 +1,50 @@
+"""Stage-1 loss: L1 on the main head (the metric is MAE) + weighted SmoothL1 on the aux head.
+
+Outputs and targets arrive flat over real rows (padding already dropped by the mask), so only
+missing target values need masking. With per-target normalisation the errors are divided by
+the training-fold std of each target, so every target weighs alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `valid`; 0 (with a gradient path) when nothing is valid."""
+    valid = valid.to(values.dtype)
+    return (values * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.Tensor | None,
+                cfg: LossConfig, main_scale: torch.Tensor | None = None,
+                aux_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts for logging.
+
+    Parameters
+    ----------
+    out : model outputs (``main`` (n, m), optionally ``aux`` (n, a)).
+    targets, aux : flat targets over real rows; NaN values are left out.
+    cfg : the `stage1.loss` section.
+    main_scale, aux_scale : per-target divisors when `cfg.normalize_targets`.
+    """
+    valid = torch.isfinite(targets)
+    diff = out["main"] - torch.nan_to_num(targets)
+    if cfg.normalize_targets and main_scale is not None:
+        diff = diff / main_scale
+    main = masked_mean(diff.abs(), valid)
+    parts = {"loss_main": float(main.detach())}
+    total = main
+    if cfg.aux and "aux" in out and aux is not None:
+        valid_aux = torch.isfinite(aux)
+        pred, true = out["aux"], torch.nan_to_num(aux)
+        if cfg.normalize_targets and aux_scale is not None:
+            pred, true = pred / aux_scale, true / aux_scale
+        aux_loss = masked_mean(F.smooth_l1_loss(pred, true, beta=cfg.aux_beta, reduction="none"), valid_aux)
+        parts["loss_aux"] = float(aux_loss.detach())
+        total = total + cfg.aux_weight * aux_loss
+    parts["loss"] = float(total.detach())
+    return total, parts

@@ -1,0 +1,174 @@
+"""The stage-1 network: timm backbone on stacked frames + telemetry (+ extra vector) -> BiLSTM -> heads.
+
+Inputs come as padded sequences (batch, time, ...) with a mask; the backbone and projectors
+run only on real rows, the LSTM on the packed sequences, and every output is flat over the real
+rows in mask order: (n_rows, ...). Outputs are in target units; optional per-target scaling
+lives in buffers, so a checkpoint carries it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .config import ModelConfig
+
+
+@dataclass
+class ModelDims:
+    """Sizes the data decides (not the config): saved in the checkpoint to rebuild the net."""
+
+    n_frames: int
+    channels: int
+    n_telemetry: int
+    n_extra: int
+    n_targets: int
+    n_aux: int
+    aux_head: bool
+    image_size: tuple[int, int] | None = None
+
+
+class TrajectoryNet(nn.Module):
+    """Multi-frame image backbone + telemetry projector + optional extra input, fused -> LSTM -> heads.
+
+    Parameters
+    ----------
+    cfg : the `stage1.model` section.
+    dims : input and output sizes (`ModelDims`).
+    channels_last : keep image tensors in channels-last memory format (faster convs).
+    """
+
+    def __init__(self, cfg: ModelConfig, dims: ModelDims, channels_last: bool = False):
+        super().__init__()
+        self.dims, self.channels_last = dims, channels_last
+        in_chans = dims.channels * dims.n_frames
+        self.backbone = timm.create_model(
+            cfg.backbone, pretrained=cfg.pretrained, in_chans=in_chans, num_classes=0,
+            drop_path_rate=cfg.drop_path_rate, **cfg.backbone_kwargs,
+        )
+        # Normalise with the backbone's own pretrained statistics, repeated for every frame.
+        data_cfg = resolve_data_config({}, model=self.backbone)
+        mean = torch.tensor(data_cfg["mean"] * dims.n_frames)[:in_chans] * 255.0
+        std = torch.tensor(data_cfg["std"] * dims.n_frames)[:in_chans] * 255.0
+        self.register_buffer("pixel_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std.view(1, -1, 1, 1), persistent=False)
+        fused = self.backbone.num_features
+
+        self.telemetry = None
+        if cfg.telemetry.enabled:
+            width = cfg.telemetry.width
+            layers: list[nn.Module] = [nn.Linear(dims.n_telemetry, width)]
+            if cfg.telemetry.batchnorm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.GELU())
+            self.telemetry = nn.Sequential(*layers)
+            fused += width
+
+        self.extra = None
+        if dims.n_extra > 0:
+            self.extra = nn.Sequential(nn.Linear(dims.n_extra, cfg.vlm.width), nn.ReLU(),
+                                       nn.Dropout(cfg.vlm.dropout))
+            fused += cfg.vlm.width
+
+        self.lstm = None
+        if cfg.lstm.enabled:
+            self.lstm = nn.LSTM(fused, cfg.lstm.hidden, num_layers=cfg.lstm.layers, batch_first=True,
+                                bidirectional=cfg.lstm.bidirectional,
+                                dropout=cfg.lstm.dropout if cfg.lstm.layers > 1 else 0.0)
+            fused = cfg.lstm.hidden * (2 if cfg.lstm.bidirectional else 1)
+        self.embedding_dim = fused
+        self.dropout = nn.Dropout(cfg.head_dropout)
+        self.main_head = nn.Linear(fused, dims.n_targets)
+        self.aux_head = nn.Linear(fused, dims.n_aux) if dims.aux_head else None
+        for name, n in (("main", dims.n_targets), ("aux", dims.n_aux)):
+            self.register_buffer(f"{name}_shift", torch.zeros(n))
+            self.register_buffer(f"{name}_scale", torch.ones(n))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def set_target_scaling(self, main_mean, main_std, aux_mean, aux_std) -> None:
+        """Heads predict standardised targets; outputs are mapped back to target units."""
+        for name, value in (("main_shift", main_mean), ("main_scale", main_std),
+                            ("aux_shift", aux_mean), ("aux_scale", aux_std)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images uint8 (n, F, H, W, C) -> backbone features (n, num_features)."""
+        n, f, h, w, c = images.shape
+        x = images.permute(0, 1, 4, 2, 3).reshape(n, f * c, h, w).float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        if self.dims.image_size is not None and tuple(self.dims.image_size) != (h, w):
+            x = F.interpolate(x, size=tuple(self.dims.image_size), mode="bilinear", align_corners=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def forward(self, images: torch.Tensor, telemetry: torch.Tensor, mask: torch.Tensor,
+                extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Padded batch (B, T, ...) + mask (B, T) -> flat outputs over real rows in mask order.
+
+        Returns
+        -------
+        dict with ``main`` (n, n_targets), ``aux`` (n, n_aux) or absent, ``emb`` (n, embedding_dim).
+        """
+        parts = [self.image_features(images[mask])]
+        if self.telemetry is not None:
+            parts.append(self.telemetry(telemetry[mask]))
+        if self.extra is not None:
+            parts.append(self.extra(extra[mask]))
+        emb = torch.cat([p.float() for p in parts], dim=1)
+        if self.lstm is not None:
+            emb = self._sequence(emb, mask)
+        hidden = self.dropout(emb)
+        out = {"emb": emb, "main": self.main_head(hidden).float() * self.main_scale + self.main_shift}
+        if self.aux_head is not None:
+            out["aux"] = self.aux_head(hidden).float() * self.aux_scale + self.aux_shift
+        return out
+
+    def _sequence(self, flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t = mask.shape
+        seq = flat.new_zeros(b, t, flat.shape[1])
+        seq[mask] = flat
+        lengths = mask.sum(dim=1).cpu()
+        # Packed, so the backward direction starts at each scene's last real row, not at padding.
+        packed = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+        return out[mask]
+
+
+def build_model(cfg: ModelConfig, dims: ModelDims, channels_last: bool = False) -> TrajectoryNet:
+    """The network for a config and the data's sizes (timm resolves the backbone name)."""
+    return TrajectoryNet(cfg, dims, channels_last=channels_last)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_cfg: ModelConfig, dims: ModelDims,
+                    **extra: Any) -> None:
+    """State dict + everything needed to rebuild the net; loadable with ``weights_only=True``."""
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "model_config": model_cfg.model_dump(mode="json"),
+               "dims": {**asdict(dims), "image_size": list(dims.image_size) if dims.image_size else None},
+               **extra}
+    tmp = Path(path).with_name(f".tmp-{Path(path).name}")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: an interrupted save leaves no half checkpoint
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TrajectoryNet, dict[str, Any]]:
+    """Rebuild the net of a checkpoint (no download: `pretrained` is ignored) and load its weights."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    cfg = ModelConfig.model_validate({**payload["model_config"], "pretrained": False})
+    dims_raw = dict(payload["dims"])
+    dims_raw["image_size"] = tuple(dims_raw["image_size"]) if dims_raw.get("image_size") else None
+    model = build_model(cfg, ModelDims(**dims_raw))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload

@@ -1,0 +1,454 @@
+"""`trajstack stage1`: K-fold training of the stage-1 network; OOF + test predictions and embeddings.
+
+Reads top to bottom: config -> data -> per fold (datasets, model, optimiser, loop, predictions)
+-> assembled artifacts. Outputs follow DESIGN.md section 4 under
+`outputs/<exp>/stage1/<stage1.name>/`; a finished fold is skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+# isort: off
+from stage1_nn import cpu_env  # noqa: F401  (before torch: OpenMP wait policy)
+
+# isort: on
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trajstack.artifacts import ArtifactStore, Run
+from trajstack.cli import common_parser, config_from_args
+from trajstack.config import Config, ConfigError
+from trajstack.folds import Folds, ensure_folds
+from trajstack.image_cache import ImageCache, build_or_open_cache
+from trajstack.io import file_hash
+from trajstack.metrics import mae, mae_report
+from trajstack.tables import read_table, table_path
+
+from .augment import FlipRules, PhotometricAugment
+from .data import (
+    SequenceDataset,
+    TelemetryEncoder,
+    aux_targets,
+    collate,
+    extra_vectors,
+    extra_vectors_hash,
+    frame_indices,
+    make_sequences,
+    raw_telemetry,
+)
+from .distributed import (
+    DistEnv,
+    barrier,
+    gather,
+    relaunch_with_torchrun,
+    setup,
+    teardown,
+    under_torchrun,
+)
+from .engine import merge_flip_tta, predict, train_one_epoch
+from .model import ModelDims, build_model, save_checkpoint
+from .optim import build_ema, build_optimizer, build_scheduler
+from .report import append_metrics, plot_learning_curve, prediction_frame
+
+STAGE = "stage1"
+# Config sections a stage-1 result depends on; other stages' sections are left out of the run's
+# signature so that tuning stage 2 never invalidates a finished stage 1.
+CONFIG_KEYS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "cache", "stage1")
+
+
+@dataclass
+class Stage1Data:
+    """Everything read once and shared by the folds: tables in CSV order, caches, folds."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    train_images: ImageCache
+    test_images: ImageCache
+    folds: Folds
+    fold_of_row: np.ndarray  # fold of each train row (CSV order)
+    train_telemetry: np.ndarray
+    test_telemetry: np.ndarray
+    targets: np.ndarray
+    train_extra: np.ndarray | None
+    test_extra: np.ndarray | None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `trajstack stage1`; re-launches itself under torchrun for `--nproc N`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = common_parser(STAGE, "train the stage-1 network with K-fold CV (OOF + embeddings)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (DDP via torchrun)")
+    parser.add_argument("--force", action="store_true", help="retrain even finished folds/runs")
+    args = parser.parse_args(argv)
+    if args.nproc > 1 and not under_torchrun():
+        return relaunch_with_torchrun(argv, args.nproc)
+    cfg = config_from_args(args)
+    env = setup(cfg.stage1.device)
+    try:
+        run_stage1(cfg, env, force=args.force)
+    finally:
+        teardown(env)
+    return 0
+
+
+def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> Run:
+    """Train every selected fold not yet done, then assemble oof/test artifacts (rank 0).
+
+    Parameters
+    ----------
+    cfg : the resolved config (`cfg.stage1` for this stage).
+    env : the process's place in a DDP group (default: single process on the configured device).
+    force : retrain folds already done.
+
+    Returns
+    -------
+    The artifact-store `Run` (its folder holds the outputs).
+    """
+    env = env or setup(cfg.stage1.device)
+    torch.set_num_threads(cfg.stage1.threads or max(1, _cpu_count() // env.world))
+    data = load_data(cfg, env)
+    # The VLM section joins the signature only when its features are used.
+    keys = CONFIG_KEYS + (("vlm",) if cfg.vlm.enabled else ())
+    config = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    inputs = {
+        "train": file_hash(table_path(cfg.data_dir, cfg.dataset, "train")),
+        "test": file_hash(table_path(cfg.data_dir, cfg.dataset, "test")),
+        "images": data.train_images.fingerprint,
+        "test_images": data.test_images.fingerprint,
+    }
+    extra_hash = extra_vectors_hash(cfg)
+    if extra_hash is not None:
+        inputs["extra"] = extra_hash
+    run = ArtifactStore(cfg.experiment_dir).run(STAGE, cfg.stage1.name, config, inputs,
+                                                fold_hash=data.folds.hash)
+    if run.is_done() and not force:
+        _say(env, f"stage1: {run.dir} is done with this config and inputs; skipping")
+        return run
+    if env.is_main:
+        run.begin(force=force)
+    barrier(env)
+    folds = selected_folds(cfg, data.folds)
+    for fold in folds:
+        if run.part_done(f"fold{fold}") and not force:
+            _say(env, f"stage1: fold {fold} already done; skipping")
+            continue
+        fit_fold(cfg, data, fold, run, env)
+        barrier(env)
+    if env.is_main:
+        assemble_run(cfg, data, folds, run)
+        _say(env, f"stage1: done -> {run.dir}  CV MAE {run.read_meta()['scores']['mae']:.4f}")
+    barrier(env)
+    return run
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_data(cfg: Config, env: DistEnv) -> Stage1Data:
+    """Tables, folds, image caches (rank 0 makes folds and caches first), optional VLM vectors."""
+    spec = cfg.dataset
+    if env.is_main:
+        ensure_folds(cfg)
+        for split in ("train", "test"):
+            build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers,
+                                progress=cfg.stage1.progress)
+    barrier(env)
+    folds = ensure_folds(cfg)
+    train, test = read_table(cfg.data_dir, spec, "train"), read_table(cfg.data_dir, spec, "test")
+    caches = [build_or_open_cache(cfg.data_dir, spec, s, cfg.cache_dir, cfg.cache.workers, progress=False)
+              for s in ("train", "test")]
+    for cache, table in zip(caches, (train, test), strict=True):
+        if not np.array_equal(cache.ids, table[spec.id_column].to_numpy(str)):
+            raise RuntimeError(f"image cache {cache.path} rows differ from the table's; rebuild it")
+    extra = [extra_vectors(cfg, split, table[spec.id_column].to_numpy(str))
+             for split, table in (("train", train), ("test", test))]
+    return Stage1Data(
+        train=train, test=test, train_images=caches[0], test_images=caches[1], folds=folds,
+        fold_of_row=folds.fold_of(train[spec.id_column].to_numpy(str)),
+        train_telemetry=raw_telemetry(train, spec), test_telemetry=raw_telemetry(test, spec),
+        targets=train[spec.target_columns].to_numpy(np.float32),
+        train_extra=extra[0], test_extra=extra[1],
+    )
+
+
+def selected_folds(cfg: Config, folds: Folds) -> list[int]:
+    """`stage1.folds` checked against the fold file (all folds when unset)."""
+    chosen = cfg.stage1.folds if cfg.stage1.folds is not None else list(range(folds.n_splits))
+    bad = [k for k in chosen if not 0 <= k < folds.n_splits]
+    if bad:
+        raise ConfigError(f"stage1.folds={chosen}: folds {bad} do not exist (folds.n_splits={folds.n_splits})")
+    return sorted(set(chosen))
+
+
+def make_loader(dataset: SequenceDataset, batch_size: int, env: DistEnv, cfg: Config,
+                train: bool, seed: int) -> DataLoader:
+    """Train: shuffled (DistributedSampler under DDP). Eval: in order, this rank's shard only."""
+    sampler = None
+    if train and env.distributed:
+        sampler = DistributedSampler(dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    workers = cfg.stage1.num_workers
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=train and sampler is None,
+        collate_fn=collate, num_workers=workers, generator=generator,
+        drop_last=train and len(dataset) > batch_size * env.world,  # no 1-row BatchNorm batches
+        pin_memory=env.device.type == "cuda", persistent_workers=workers > 0,
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+    )
+
+
+def _reseed_worker(worker_id: int) -> None:
+    # Each worker holds a copy of the dataset: give its flip and albumentations draws their own seed.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**31)
+
+
+# ----------------------------------------------------------------------------- one fold
+
+
+@dataclass
+class FoldInputs:
+    """What one fold trains and predicts on: its rows, telemetry encoder, frames, augmentations."""
+
+    cfg: Config
+    data: Stage1Data
+    fold: int
+    env: DistEnv
+    seed: int
+    train_rows: np.ndarray
+    valid_rows: np.ndarray
+    encoder: TelemetryEncoder
+    frames: np.ndarray
+    flip: FlipRules
+    photometric: PhotometricAugment | None
+
+    def dataset(self, split: str, rows: np.ndarray | None, augment: bool, flip_p: float) -> SequenceDataset:
+        """Sequences of `split` made only of `rows` (None: all); eval sets hold this rank's shard."""
+        spec, s1, data, env = self.cfg.dataset, self.cfg.stage1, self.data, self.env
+        table = data.train if split == "train" else data.test
+        seqs = make_sequences(table[spec.id_column].to_numpy(str), spec, s1.mode)
+        if rows is not None:
+            keep = np.zeros(len(table), bool)
+            keep[rows] = True
+            seqs = [s for s in seqs if keep[s].all()]  # folds keep scenes whole
+        if not augment:
+            seqs = seqs[env.rank::env.world]  # eval: each rank predicts its own shard
+        return SequenceDataset(
+            seqs, (data.train_images if split == "train" else data.test_images).images,
+            data.train_telemetry if split == "train" else data.test_telemetry, self.encoder, spec,
+            self.frames, targets=data.targets if split == "train" else None,
+            extra=data.train_extra if split == "train" else data.test_extra,
+            flip=self.flip, flip_p=flip_p, photometric=self.photometric if augment else None,
+            seed=self.seed * 1000 + env.rank)
+
+    def dims(self) -> ModelDims:
+        """Input/output sizes of the net for this data (frames, telemetry features, targets)."""
+        spec, s1, data = self.cfg.dataset, self.cfg.stage1, self.data
+        return ModelDims(
+            n_frames=len(self.frames), channels=data.train_images.images.shape[-1],
+            n_telemetry=self.encoder.n_features,
+            n_extra=0 if data.train_extra is None else data.train_extra.shape[1],
+            n_targets=len(spec.target_columns), n_aux=aux_targets(data.targets[:1], spec).shape[1],
+            aux_head=s1.loss.aux, image_size=tuple(s1.image_size) if s1.image_size else None,
+        )
+
+
+def prepare_fold(cfg: Config, data: Stage1Data, fold: int, env: DistEnv) -> FoldInputs:
+    """Split rows by fold and fit the telemetry encoder on the training rows of this fold only."""
+    s1, spec = cfg.stage1, cfg.dataset
+    seed = cfg.seed + s1.seed_offset + fold
+    train_rows = np.flatnonzero(data.fold_of_row != fold)
+    frames = frame_indices(spec, s1.frames)
+    photometric = (PhotometricAugment(s1.augment, len(frames), seed=seed * 100 + env.rank)
+                   if PhotometricAugment.wanted(s1.augment) else None)
+    return FoldInputs(
+        cfg=cfg, data=data, fold=fold, env=env, seed=seed, train_rows=train_rows,
+        valid_rows=np.flatnonzero(data.fold_of_row == fold),
+        encoder=TelemetryEncoder.fit(data.train_telemetry[train_rows], spec),
+        frames=frames, flip=FlipRules.from_spec(spec), photometric=photometric,
+    )
+
+
+def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -> None:
+    """Train on every fold but `fold`, keep the best (or last) eval weights, predict val and test."""
+    s1, spec = cfg.stage1, cfg.dataset
+    fold_dir = run.path(f"fold{fold}")
+    if env.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "metrics.jsonl").unlink(missing_ok=True)  # a restarted fold starts its log anew
+
+    # data: rows of this fold, telemetry statistics from its training rows only
+    inputs = prepare_fold(cfg, data, fold, env)
+    seed, train_rows, valid_rows = inputs.seed, inputs.train_rows, inputs.valid_rows
+    seed_everything(seed)
+    ids = data.train[spec.id_column].to_numpy(str)
+    eval_bs = s1.eval_batch_size or 2 * s1.batch_size
+    train_loader = make_loader(inputs.dataset("train", train_rows, True, s1.augment.flip_p),
+                               s1.batch_size, env, cfg, train=True, seed=seed)
+    valid_loader = make_loader(inputs.dataset("train", valid_rows, False, 0.0), eval_bs, env, cfg, False, seed)
+
+    # model
+    dims = inputs.dims()
+    model = build_model(s1.model, dims, channels_last=s1.channels_last).to(env.device)
+    if s1.loss.normalize_targets:
+        y = data.targets[train_rows]
+        a = aux_targets(y, spec)
+        model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0) + 1e-6, np.nanmean(a, 0), np.nanstd(a, 0) + 1e-6)
+    ema = build_ema(model, s1.ema)
+    eval_model = ema.module if ema is not None else model
+    if s1.compile:
+        model.backbone.compile()  # in place: state-dict keys stay unprefixed
+    net = DistributedDataParallel(model) if env.distributed else model
+    amp_dtype = _amp_dtype(s1.precision, env.device)
+
+    # optimiser
+    optimizer = build_optimizer(model, s1.optim)
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = build_scheduler(optimizer, steps_per_epoch * s1.epochs,
+                                int(round(s1.optim.warmup_epochs * steps_per_epoch)), s1.optim.min_lr_ratio)
+
+    # loop
+    y_valid = data.targets
+    history, best_mae, best_state, step = [], np.inf, None, 0
+    _say(env, f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} valid rows, "
+              f"{s1.model.backbone}, {s1.mode} mode, {s1.epochs} epochs on {env.device} x{env.world}")
+    for epoch in range(s1.epochs):
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        stats, step = train_one_epoch(net, train_loader, optimizer, scheduler, ema, s1, env, amp_dtype,
+                                      step, desc=f"fold {fold} epoch {epoch + 1}/{s1.epochs}")
+        started = time.perf_counter()
+        val = gather_predictions(env, predict(eval_model, valid_loader, env, amp_dtype, spec))
+        val_mae = mae(y_valid[val["rows"]], val["main"])
+        record = {"fold": fold, "epoch": epoch + 1, **stats, "val_mae": val_mae,
+                  "val_seconds": time.perf_counter() - started,
+                  **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}, "step": step}
+        history.append(record)
+        if env.is_main:
+            append_metrics(fold_dir / "metrics.jsonl", record)
+            run.log(f"fold {fold} epoch {epoch + 1}: train loss {stats.get('train_loss', 0):.4f} "
+                    f"val MAE {val_mae:.4f}")
+        _say(env, f"  fold {fold} epoch {epoch + 1}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
+                  f"MAE {stats['train_mae']:.4f} | val MAE {val_mae:.4f} | "
+                  f"{stats['train_rows_per_s']:.0f} rows/s")
+        if s1.select == "last" or val_mae < best_mae:
+            best_mae = val_mae
+            best_state = copy.deepcopy(eval_model.state_dict())
+    eval_model.load_state_dict(best_state)
+    best_epoch = min(history, key=lambda h: h["val_mae"])["epoch"] if s1.select == "best" else s1.epochs
+
+    # predictions of the kept weights (optionally flip TTA)
+    def predict_split(split: str, rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        plain = predict(eval_model, make_loader(inputs.dataset(split, rows, False, 0.0), eval_bs, env, cfg, False, seed),
+                        env, amp_dtype, spec, desc=f"predict {split}", progress=s1.progress)
+        if s1.tta_flip:
+            flipped = predict(eval_model, make_loader(inputs.dataset(split, rows, False, 1.0), eval_bs, env, cfg,
+                                                      False, seed), env, amp_dtype, spec)
+            plain = merge_flip_tta(plain, flipped, spec)
+        return gather_predictions(env, plain)
+
+    val = predict_split("train", valid_rows)
+    test = predict_split("test", None)
+    if env.is_main:
+        write_fold(run, fold, cfg, data, val, test, ids[train_rows], history, best_epoch)
+        save_checkpoint(fold_dir / "model.pt", eval_model, s1.model, dims,
+                        encoder=inputs.encoder.state_dict(), config=cfg.to_dict(), fold=fold, best_epoch=best_epoch)
+        final_mae = mae(y_valid[val["rows"]], val["main"])
+        run.mark_part_done(f"fold{fold}", best_epoch=best_epoch, val_mae=final_mae,
+                           n_train=len(train_rows), n_valid=len(valid_rows))
+        _say(env, f"stage1 fold {fold}: best epoch {best_epoch}, val MAE {final_mae:.4f}")
+
+
+def gather_predictions(env: DistEnv, pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All ranks' predictions, one per row (first seen kept), sorted by row position."""
+    parts = gather(env, pred)
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(merged["rows"], return_index=True)  # sorted unique rows
+    return {k: v[first] for k, v in merged.items()}
+
+
+def write_fold(run: Run, fold: int, cfg: Config, data: Stage1Data, val: dict[str, np.ndarray],
+               test: dict[str, np.ndarray], train_ids: np.ndarray, history: list[dict],
+               best_epoch: int) -> None:
+    """fold<k>/: oof + test predictions (sorted by ID), embeddings, train IDs, curve."""
+    spec = cfg.dataset
+    prefix = f"fold{fold}"
+    for name, pred, table in (("oof", val, data.train), ("test", test, data.test)):
+        ids = table[spec.id_column].to_numpy(str)[pred["rows"]]
+        order = np.argsort(ids, kind="stable")
+        frame = prediction_frame(ids[order], pred["main"][order], pred["aux"][order], spec,
+                                 fold=fold if name == "oof" else None)
+        run.write_parquet(f"{prefix}/{name}.parquet", frame)
+        run.write_npy(f"{prefix}/{name}_emb.npy", pred["emb"][order].astype(np.float32))
+    run.write_npy(f"{prefix}/train_ids.npy", np.sort(train_ids))
+    plot_learning_curve(run.path(f"{prefix}/learning_curve.png"), history,
+                        f"{cfg.experiment} stage1/{cfg.stage1.name} fold {fold} (best {best_epoch})")
+
+
+def assemble_run(cfg: Config, data: Stage1Data, folds: list[int], run: Run) -> None:
+    """oof.parquet + oof_emb.npy (sorted by ID), test.parquet (mean over folds), meta scores."""
+    spec = cfg.dataset
+    oof = pd.concat([pd.read_parquet(run.path(f"fold{k}/oof.parquet")) for k in folds], ignore_index=True)
+    emb = np.concatenate([np.load(run.path(f"fold{k}/oof_emb.npy")) for k in folds])
+    order = np.argsort(oof[spec.id_column].to_numpy(str), kind="stable")
+    oof, emb = oof.iloc[order].reset_index(drop=True), emb[order]
+    if oof[spec.id_column].duplicated().any():
+        raise RuntimeError("stage1: an ID appears in two folds' OOF predictions")
+    run.write_parquet("oof.parquet", oof)
+    run.write_npy("oof_emb.npy", emb)
+
+    tests = [pd.read_parquet(run.path(f"fold{k}/test.parquet")) for k in folds]
+    value_cols = [c for c in tests[0].columns if c != spec.id_column]
+    test = tests[0][[spec.id_column]].copy()
+    test[value_cols] = np.mean([t[value_cols].to_numpy() for t in tests], axis=0)
+    run.write_parquet("test.parquet", test)
+
+    truth = data.train.set_index(spec.id_column).loc[oof[spec.id_column], spec.target_columns]
+    scores = mae_report(truth.to_numpy(), oof[spec.target_columns].to_numpy(), spec)
+    scores["per_fold"] = {
+        f"fold{k}": mae(truth.to_numpy()[(oof["fold"] == k).to_numpy()],
+                        oof.loc[oof["fold"] == k, spec.target_columns].to_numpy())
+        for k in folds
+    }
+    scores["folds"] = folds
+    run.finish(scores=scores)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _say(env: DistEnv, message: str) -> None:
+    if env.is_main:
+        print(message, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Stage 1 pieces without training: telemetry encoding, aux targets, flip, dataset, model shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from dataset_factory import make_tiny_dataset
+
+from stage1_nn.augment import FlipRules, PhotometricAugment
+from stage1_nn.data import (
+    SequenceDataset,
+    TelemetryEncoder,
+    aux_sign,
+    aux_target_names,
+    aux_targets,
+    collate,
+    frame_indices,
+    make_sequences,
+    raw_telemetry,
+    read_extra_vectors,
+)
+from stage1_nn.model import ModelDims, build_model
+from trajstack.config import load_config
+from trajstack.image_cache import build_or_open_cache
+from trajstack.tables import read_table
+
+TINY = ["stage1.model.backbone=test_convnext", "stage1.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage1_unit")
+    data = make_tiny_dataset(root / "data", n_scenes=3, rows_per_scene=3, seed=1)
+    cfg = load_config("demo", [f"data_dir={data.root}", f"output_dir={root / 'out'}", *TINY])
+    table = read_table(cfg.data_dir, cfg.dataset, "train")
+    cache = build_or_open_cache(cfg.data_dir, cfg.dataset, "train", cfg.cache_dir, workers=1, progress=False)
+    return cfg, table, cache
+
+
+def make_dataset(cfg, table, cache, mode="scene", **kwargs):
+    spec = cfg.dataset
+    raw = raw_telemetry(table, spec)
+    ids = table[spec.id_column].to_numpy(str)
+    return SequenceDataset(make_sequences(ids, spec, mode), cache.images, raw, TelemetryEncoder.fit(raw, spec),
+                           spec, frame_indices(spec, None), targets=table[spec.target_columns].to_numpy(np.float32),
+                           flip=FlipRules.from_spec(spec), **kwargs)
+
+
+def test_aux_targets_are_finite_differences():
+    spec = load_config("demo").dataset
+    names = aux_target_names(spec)
+    assert len(names) == 27 and names[:3] == ["vx_0", "vy_0", "vz_0"] and names[-1] == "az_3"
+    t = np.asarray(spec.horizons_s)
+    # x = t^2 (constant acceleration 2), y = 3t (constant velocity 3), z = 0
+    targets = np.stack([t**2, 3 * t, 0 * t], axis=1).reshape(1, -1)
+    aux = aux_targets(targets, spec)[0]
+    vel, acc = aux[:15].reshape(5, 3), aux[15:].reshape(4, 3)
+    np.testing.assert_allclose(vel[:, 1], 3.0)
+    np.testing.assert_allclose(acc[:, 0], 2.0)
+    np.testing.assert_allclose(aux_targets(torch.as_tensor(targets), spec).numpy(), aux[None], rtol=1e-6)
+    assert aux_sign(spec).tolist().count(-1.0) == 9  # vy_0..4 and ay_0..3
+
+
+def test_encoder_imputes_nan_and_flags_it(tiny):
+    cfg, table, _ = tiny
+    spec = cfg.dataset
+    raw = raw_telemetry(table, spec)
+    raw[0, :] = np.nan
+    encoder = TelemetryEncoder.fit(raw[1:], spec)  # the NaN row is not in the "training fold"
+    out = encoder.transform(raw)
+    assert out.shape == (len(raw), encoder.n_features) and np.isfinite(out).all()
+    flags = out[:, -len(spec.telemetry):]
+    assert flags[0].all() and not flags[1:].any()
+    again = TelemetryEncoder.from_state(encoder.state_dict()).transform(raw)
+    np.testing.assert_array_equal(out, again)
+
+
+def test_flip_twice_is_identity_and_flips_labels(tiny):
+    cfg, table, cache = tiny
+    spec = cfg.dataset
+    ds = make_dataset(cfg, table, cache)
+    flip = FlipRules.from_spec(spec)
+    plain = ds.load(0)
+    flipped = ds.load(0, flipped=True)
+    twice = flip(flipped)
+    for key in ("images", "telemetry", "targets"):
+        np.testing.assert_array_equal(twice[key], plain[key])
+    np.testing.assert_array_equal(flipped["images"], plain["images"][:, :, :, ::-1])
+    cols = spec.telemetry_columns
+    for col in spec.flip.negate_columns:
+        np.testing.assert_array_equal(flipped["telemetry"][:, cols.index(col)], -plain["telemetry"][:, cols.index(col)])
+    for a, b in spec.flip.swap_columns:
+        np.testing.assert_array_equal(flipped["telemetry"][:, cols.index(a)], plain["telemetry"][:, cols.index(b)])
+    for j, name in enumerate(spec.target_columns):
+        sign = -1 if name.split("_")[0] in spec.flip.negate_axes else 1
+        np.testing.assert_array_equal(flipped["targets"][:, j], sign * plain["targets"][:, j])
+    # the aux targets of the encoded sample follow: vy / ay negated, the rest unchanged
+    enc_plain, enc_flip = ds.encode(plain), ds.encode(flipped, flipped=True)
+    np.testing.assert_allclose(enc_flip["aux"], enc_plain["aux"] * aux_sign(spec), atol=1e-5)
+
+
+def test_photometric_same_params_for_all_frames(tiny):
+    cfg, table, cache = tiny
+    aug_cfg = cfg.stage1.augment.model_copy(update={"brightness_p": 1.0, "blur_p": 1.0})
+    frames = np.repeat(cache.images[0][:1], 3, axis=0)  # three identical frames
+    out = PhotometricAugment(aug_cfg, n_frames=3, seed=0)(frames)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[0], frames[0])
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+
+
+@pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False)])
+def test_model_output_shapes(tiny, mode, lstm, vlm):
+    cfg, table, cache = tiny
+    spec = cfg.dataset
+    extra = np.random.default_rng(0).normal(size=(len(table), 7)).astype(np.float32) if vlm else None
+    ds = make_dataset(cfg, table, cache, mode=mode, extra=extra)
+    batch = collate([ds[i] for i in range(len(ds))])
+    n_rows = int(batch["mask"].sum())
+    assert n_rows == len(table)
+    assert batch["images"].shape[:2] == batch["mask"].shape
+    model_cfg = cfg.stage1.model.model_copy(update={
+        "lstm": cfg.stage1.model.lstm.model_copy(update={"enabled": lstm}),
+    })
+    dims = ModelDims(n_frames=len(spec.frames), channels=3, n_telemetry=ds.encoder.n_features,
+                     n_extra=7 if vlm else 0, n_targets=18, n_aux=27, aux_head=True)
+    model = build_model(model_cfg, dims).eval()
+    with torch.no_grad():
+        out = model(batch["images"], batch["telemetry"], batch["mask"], batch.get("extra"))
+    assert out["main"].shape == (n_rows, 18)
+    assert out["aux"].shape == (n_rows, 27)
+    assert out["emb"].shape == (n_rows, model.embedding_dim)
+    assert model.embedding_dim == (2 * model_cfg.lstm.hidden if lstm else model.embedding_dim)
+
+
+def test_vlm_features_align_to_ids(tmp_path):
+    ids = ["a_20", "b_20", "c_20"]
+    path = tmp_path / "vlm.parquet"
+    pd.DataFrame({"ID": ["c_20", "a_20", "b_20"], "f0": [3.0, 1.0, np.nan], "f1": [30.0, 10.0, 20.0]}).to_parquet(path)
+    values = read_extra_vectors(path, ids, "ID")
+    np.testing.assert_array_equal(values, [[1, 10], [0, 20], [3, 30]])
+    with pytest.raises(ValueError, match="d_20"):
+        read_extra_vectors(path, [*ids, "d_20"], "ID")
+
+
+def test_gpu_config_composes_the_full_recipe():
+    cfg = load_config("gpu")
+    s1 = cfg.stage1
+    assert timm.is_model(s1.model.backbone) and s1.model.pretrained
+    assert s1.mode == "scene" and s1.model.lstm.enabled and s1.loss.aux and s1.ema.enabled
+    assert s1.augment.flip_p > 0 and s1.augment.noise_p > 0
+    assert s1.precision == "bf16" and s1.channels_last and s1.compile
+
+
+def test_frame_subset_is_configurable(tiny):
+    cfg, table, cache = tiny
+    spec = cfg.dataset
+    last = spec.frames[-1]
+    assert frame_indices(spec, [last]).tolist() == [len(spec.frames) - 1]
+    with pytest.raises(ValueError, match="not in dataset.frames"):
+        frame_indices(spec, ["nope.png"])
+    raw = raw_telemetry(table, spec)
+    ds = SequenceDataset(make_sequences(table[spec.id_column].to_numpy(str), spec, "row"), cache.images, raw,
+                         TelemetryEncoder.fit(raw, spec), spec, frame_indices(spec, [last]))
+    np.testing.assert_array_equal(ds[0]["images"][:, 0], cache.images[ds.sequences[0], -1])

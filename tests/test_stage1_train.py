@@ -1,0 +1,181 @@
+"""Stage 1 end to end on tiny data: the real demo config, shrunk by overrides (1 epoch, tiny net).
+
+Covers: OOF coverage and fold exclusion, artifact layout, checkpoint reload, fold-level resume,
+NaN telemetry, and DDP with two CPU processes (gloo) matching one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dataset_factory import make_tiny_dataset
+
+import stage1_nn.train as train_module
+from stage1_nn.data import aux_target_names
+from stage1_nn.predict import predict_checkpoint
+from trajstack.config import load_config
+from trajstack.folds import load_folds
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+N_SPLITS = 3
+SHRINK = [
+    "stage1.model.backbone=test_convnext", "stage1.epochs=1", "stage1.batch_size=2",
+    "stage1.progress=false", "stage1.threads=1", f"folds.n_splits={N_SPLITS}", "cache.workers=1",
+]
+
+
+def _overrides(data_root: Path, out: Path, exp: str) -> list[str]:
+    return [f"data_dir={data_root}", f"output_dir={out}", f"experiment={exp}", *SHRINK]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One full 3-fold run on a tiny dataset whose telemetry has NaN holes."""
+    root = tmp_path_factory.mktemp("stage1_train")
+    data = make_tiny_dataset(root / "data", n_scenes=6, rows_per_scene=2, seed=3, n_test_scenes=2)
+    table = data.read_table("train")
+    spec = data.spec
+    # NaN in a float, a bool and the category column of some rows: imputed, never a crash
+    for col in (spec.columns_of_kind("float")[0], spec.columns_of_kind("bool")[0],
+                spec.columns_of_kind("category")[0]):
+        table.loc[[1, 4], col] = ""
+    data.write_table("train", table)
+    cfg = load_config("demo", _overrides(data.root, root / "out", "tiny"))
+    calls = []
+    original = train_module.fit_fold
+
+    def counting_fit_fold(cfg, data, fold, run, env):
+        calls.append(fold)
+        return original(cfg, data, fold, run, env)
+
+    train_module.fit_fold = counting_fit_fold
+    try:
+        run = train_module.run_stage1(cfg)
+    finally:
+        train_module.fit_fold = original
+    return {"root": root, "data": data, "cfg": cfg, "run": run, "calls": calls}
+
+
+def test_oof_covers_every_train_id_once_from_the_model_that_excluded_it(trained):
+    cfg, run, data = trained["cfg"], trained["run"], trained["data"]
+    spec = cfg.dataset
+    assert trained["calls"] == list(range(N_SPLITS))
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    assert list(oof.columns) == ["ID", "fold", *spec.target_columns, *aux_target_names(spec)]
+    assert oof["ID"].tolist() == sorted(data.train_ids)  # each train ID exactly once, sorted
+    assert np.isfinite(oof[spec.target_columns].to_numpy()).all()
+    folds = load_folds(cfg.experiment_dir / "folds.csv")
+    np.testing.assert_array_equal(oof["fold"].to_numpy(), folds.fold_of(oof["ID"].to_numpy()))
+    for k in range(N_SPLITS):
+        seen = set(np.load(run.dir / f"fold{k}" / "train_ids.npy").tolist())
+        predicted = set(oof.loc[oof["fold"] == k, "ID"])
+        assert seen.isdisjoint(predicted)  # fold k's model never trained on what it predicted
+        assert seen | predicted == set(data.train_ids)
+    emb = np.load(run.dir / "oof_emb.npy")
+    assert emb.shape[0] == len(oof) and np.isfinite(emb).all()
+
+
+def test_artifacts_and_scores(trained):
+    cfg, run, data = trained["cfg"], trained["run"], trained["data"]
+    spec = cfg.dataset
+    test = pd.read_parquet(run.dir / "test.parquet")
+    assert test["ID"].tolist() == sorted(data.test_ids)
+    assert list(test.columns) == ["ID", *spec.target_columns, *aux_target_names(spec)]
+    per_fold = [pd.read_parquet(run.dir / f"fold{k}" / "test.parquet") for k in range(N_SPLITS)]
+    mean = np.mean([p[spec.target_columns].to_numpy() for p in per_fold], axis=0)
+    np.testing.assert_allclose(test[spec.target_columns].to_numpy(), mean, rtol=1e-6)
+    for k in range(N_SPLITS):
+        fold_dir = run.dir / f"fold{k}"
+        assert np.load(fold_dir / "test_emb.npy").shape[0] == len(data.test_ids)
+        assert (fold_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+        record = json.loads((fold_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        assert {"epoch", "train_loss", "val_mae", "lr_head", "lr_backbone"} <= set(record)
+    meta = json.loads((run.dir / "meta.json").read_text())
+    assert meta["status"] == "done" and meta["fold_hash"]
+    assert set(meta["scores"]["per_fold"]) == {f"fold{k}" for k in range(N_SPLITS)}
+    assert np.isfinite(meta["scores"]["mae"])
+
+
+def test_checkpoint_reloads_to_identical_predictions(trained):
+    run = trained["run"]
+    ckpt = run.dir / "fold0" / "model.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    assert {"state_dict", "model_config", "dims", "encoder", "config"} <= set(payload)
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    fold0 = oof[oof["fold"] == 0].reset_index(drop=True)
+    frame, emb = predict_checkpoint(ckpt, split="train", ids=fold0["ID"].tolist())
+    assert frame["ID"].tolist() == fold0["ID"].tolist()
+    cols = [c for c in frame.columns if c != "ID"]
+    np.testing.assert_allclose(frame[cols].to_numpy(), fold0[cols].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb, np.load(run.dir / "oof_emb.npy")[(oof["fold"] == 0).to_numpy()], atol=1e-5)
+    test_frame, _ = predict_checkpoint(ckpt, split="test")
+    np.testing.assert_allclose(test_frame[cols].to_numpy(),
+                               pd.read_parquet(run.dir / "fold0" / "test.parquet")[cols].to_numpy(), atol=1e-5)
+
+
+def test_resume_skips_done_folds(trained):
+    cfg, run = trained["cfg"], trained["run"]
+    calls = []
+    original = train_module.fit_fold
+
+    def counting_fit_fold(cfg, data, fold, run, env):
+        calls.append(fold)
+        return original(cfg, data, fold, run, env)
+
+    train_module.fit_fold = counting_fit_fold
+    try:
+        train_module.run_stage1(cfg)  # finished run: nothing is trained
+        assert calls == []
+        # an interrupted run: fold 1 never finished and the run is not marked done
+        (run.dir / "fold1" / "done.json").unlink()
+        meta = json.loads((run.dir / "meta.json").read_text())
+        (run.dir / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+        again = train_module.run_stage1(cfg)
+        assert calls == [1]
+        assert again.is_done()
+    finally:
+        train_module.fit_fold = original
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    assert oof["ID"].is_unique and len(oof) == len(trained["data"].train_ids)
+
+
+def test_ddp_two_cpu_processes_match_one_process_coverage(trained):
+    root, data = trained["root"], trained["data"]
+    args = ["--config", "demo", *_overrides(data.root, root / "out", "tiny_ddp"), "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stage1_nn.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = pd.read_parquet(trained["run"].dir / "oof.parquet")
+    ddp_dir = root / "out" / "tiny_ddp" / "stage1" / trained["cfg"].stage1.name
+    ddp = pd.read_parquet(ddp_dir / "oof.parquet")
+    assert ddp["ID"].tolist() == single["ID"].tolist()  # every ID once: no loss, no duplicates
+    np.testing.assert_array_equal(ddp["fold"].to_numpy(), single["fold"].to_numpy())
+    assert pd.read_parquet(ddp_dir / "test.parquet")["ID"].tolist() == sorted(data.test_ids)
+
+
+def test_other_switches_train_and_predict(trained):
+    """The switches the demo leaves off: TTA, photometric aug, no EMA, last epoch, BatchNorm, resize."""
+    root, data = trained["root"], trained["data"]
+    cfg = load_config("demo", [*_overrides(data.root, root / "out", "tiny_switches"), "stage1.folds=[0]",
+                               "stage1.tta_flip=true", "stage1.augment.noise_p=1.0", "stage1.augment.blur_p=1.0",
+                               "stage1.augment.brightness_p=1.0", "stage1.ema.enabled=false", "stage1.select=last",
+                               "stage1.model.telemetry.batchnorm=true", "stage1.image_size=[32,64]",
+                               "stage1.loss.normalize_targets=false", "stage1.optim.grad_clip=0",
+                               "stage1.mode=row", "stage1.loss.aux=false", "stage1.channels_last=false"])
+    run = train_module.run_stage1(cfg)
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    assert set(oof["fold"]) == {0} and np.isfinite(oof.drop(columns=["ID", "fold"]).to_numpy()).all()
+    frame, _ = predict_checkpoint(run.dir / "fold0" / "model.pt", split="train", ids=oof["ID"].tolist())
+    np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
+                               atol=1e-5)
