@@ -1,9 +1,99 @@
-"""Config section for the feature builders (issue 6). Pure pydantic: importing it must stay cheap (no torch)."""
+"""Config section for the feature builders (issue 6). Pure pydantic: importing it must stay cheap (no torch).
+
+`builders` lists the builders by registry name, in column order; each builder's options live
+in its own sub-section. `features.stage1: false` is shorthand for `features.stage1.enabled: false`
+(stage 2 then runs without stage 1 and without images).
+"""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import field_validator
+
 from trajstack.spec import StrictModel
+
+PhysicsModel = Literal["constant_velocity", "constant_acceleration", "constant_turn_rate"]
+SceneStat = Literal["mean", "std", "min", "max"]
+
+
+class SceneLagConfig(StrictModel):
+    # Telemetry columns to lag; None: every float and bool column of the dataset spec.
+    columns: list[str] | None = None
+    # Row offsets within the scene (negative: earlier rows, positive: later rows).
+    offsets: list[int] = [-2, -1, 1, 2]
+    # Also the difference value - lagged value for each offset.
+    diffs: bool = True
+    # Whole-scene statistics of each column, and the row's deviation from the scene mean.
+    stats: list[SceneStat] = ["mean", "std", "min", "max"]
+
+
+class PhysicsConfig(StrictModel):
+    # Telemetry column names (schema lives in the dataset spec; the atmaCup names are set in
+    # configs/atmacup18.yaml). A name missing from the spec gives NaN features, not a crash.
+    speed_column: str | None = None
+    accel_column: str | None = None
+    steering_column: str | None = None
+    steering_unit: Literal["deg", "rad"] = "deg"
+    # Steering-wheel angle / steering ratio = road-wheel angle; curvature = tan(angle) / wheelbase.
+    steering_ratio: float = 15.0
+    wheelbase_m: float = 2.7
+    # Which target axes are forward and left in the ego frame (every other axis is forecast 0).
+    forward_axis: str = "x"
+    left_axis: str = "y"
+    models: list[PhysicsModel] = ["constant_velocity", "constant_acceleration", "constant_turn_rate"]
+    # residual: the GBDT learns target - baseline and adds the baseline back.
+    target_mode: Literal["direct", "residual"] = "direct"
+    residual_baseline: PhysicsModel = "constant_turn_rate"
+
+
+class TrafficLightConfig(StrictModel):
+    # Also the class one-hot and box of the largest (so probably nearest) light.
+    largest_light: bool = True
+
+
+class Stage1FeatureConfig(StrictModel):
+    enabled: bool = True
+    # Stage-1 run names under outputs/<exp>/stage1/; None: every finished run.
+    runs: list[str] | None = None
+    # The 27 auxiliary predictions (velocities, accelerations) besides the 18 targets.
+    aux: bool = True
+    # Velocities / accelerations / headings derived from the 18 predictions.
+    derived: bool = True
+    # PCA components of the embeddings per stage-1 network (0: off; see features/stage1.py
+    # for why this is approximate and off by default).
+    pca_components: int = 0
 
 
 class FeaturesConfig(StrictModel):
-    pass
+    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights, stage1.
+    builders: list[str] = ["telemetry", "scene_lags", "physics", "traffic_lights", "stage1"]
+    # Cache each builder's output under outputs/<exp>/features/, keyed by its input hash.
+    cache: bool = True
+    scene_lags: SceneLagConfig = SceneLagConfig()
+    physics: PhysicsConfig = PhysicsConfig()
+    traffic_lights: TrafficLightConfig = TrafficLightConfig()
+    stage1: Stage1FeatureConfig = Stage1FeatureConfig()
+
+    @field_validator("stage1", mode="before")
+    @classmethod
+    def _stage1_switch(cls, value: Any) -> Any:
+        # `features.stage1: false` (or true) is the on/off switch of the whole builder.
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @field_validator("builders")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        dupes = sorted({b for b in value if value.count(b) > 1})
+        if dupes:
+            raise ValueError(f"features.builders lists {dupes} more than once")
+        return value
+
+    @property
+    def active_builders(self) -> list[str]:
+        """Builders that run: the list, less stage1 when it is switched off."""
+        return [b for b in self.builders if b != "stage1" or self.stage1.enabled]
+
+    @property
+    def uses_stage1(self) -> bool:
+        return "stage1" in self.active_builders

@@ -1,9 +1,41 @@
-"""Config section for the stage 2 GBDTs (issue 6). Pure pydantic: importing it must stay cheap (no torch)."""
+"""Config section for the stage 2 GBDTs (issue 6). Pure pydantic: importing it must stay cheap (no torch).
+
+A learner's parameters come from `configs/stage2/<key>.yaml`, overridden key by key by
+`stage2.params.<key>` (experiment files or `stage2.params.lightgbm.num_leaves=15`). Which
+learners run: `--learner KEY` on the command line (the Makefile's LEARNER=), else `learners`.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import field_validator
 
 from trajstack.spec import StrictModel
 
 
 class Stage2Config(StrictModel):
-    pass
+    # Learner registry keys run when the command line names none: lightgbm | xgboost | catboost.
+    learners: list[str] = ["lightgbm"]
+    # Per learner key, overrides of configs/stage2/<key>.yaml (library constructor params).
+    params: dict[str, dict[str, Any]] = {}
+    # gpu: each learner adds its library's GPU switch (device_type / device / task_type).
+    device: Literal["cpu", "gpu"] = "cpu"
+    # Stop when the fold's validation MAE has not improved for this many rounds (0: off).
+    early_stopping_rounds: int = 100
+    # Parallel (target, fold) fits, and threads inside each fit; keep the product <= cores.
+    n_jobs: int = 2
+    threads_per_fit: int = 1
+    # joblib: local processes (loky); ray: the same tasks through joblib's Ray backend.
+    executor: Literal["joblib", "ray"] = "joblib"
+    # Ray cluster address for executor=ray (None: the running/local Ray).
+    ray_address: str | None = None
+    # Features shown in importance.png.
+    importance_top: int = 30
+
+    @field_validator("n_jobs", "threads_per_fit")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value

@@ -1,0 +1,157 @@
+"""K-fold cross-validation of one model per target: `cross_validate(...) -> CVResult`.
+
+For every (target, fold) pair, a learner is fitted on the other folds' rows, early-stopped on
+the fold's own rows, and predicts the fold's rows (OOF) and the test rows. OOF predictions
+come only from models that never trained on those rows; test predictions are the mean over
+folds (the bagged-model bookkeeping of AutoGluon, the CVResult of nyaggle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stage2_gbdt.learners import create_learner
+from stage2_gbdt.parallel import SharedArrays, ray_session, run_tasks
+
+
+@dataclass
+class CVResult:
+    """OOF (n_train, n_targets) and fold-mean test (n_test, n_targets) predictions, scores,
+    gain importance (features x targets, mean over folds) and best iterations (targets x folds)."""
+
+    oof: np.ndarray
+    test: np.ndarray
+    scores: dict[str, Any]
+    importance: pd.DataFrame
+    best_iterations: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def encode_features(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """float32 matrices; categorical columns become their integer codes (missing: NaN).
+
+    Train and test share categories (the spec's levels), so codes mean the same in both.
+    """
+    cats = tuple(j for j, c in enumerate(columns) if isinstance(train[c].dtype, pd.CategoricalDtype))
+
+    def matrix(frame: pd.DataFrame) -> np.ndarray:
+        out = np.empty((len(frame), len(columns)), dtype=np.float32)
+        for j, col in enumerate(columns):
+            values = frame[col]
+            if j in cats:
+                codes = values.cat.codes.to_numpy().astype(np.float32)
+                codes[codes < 0] = np.nan
+                out[:, j] = codes
+            else:
+                out[:, j] = values.to_numpy(dtype=np.float32, na_value=np.nan)
+        return out
+
+    return matrix(train), matrix(test), cats
+
+
+def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
+            learner_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Fit target `target` on the rows outside `fold`; predict the fold's rows and the test."""
+    X, X_test, y_all, folds = (shared.get(k) for k in ("X", "X_test", "Y", "folds"))
+    y = y_all[:, target]
+    known = ~np.isnan(y)  # rows without a label are predicted, never fitted on
+    train_rows = np.flatnonzero((folds != fold) & known)
+    valid_rows = np.flatnonzero(folds == fold)
+    stop_rows = valid_rows[known[valid_rows]]
+    model = create_learner(learner_key, **learner_kwargs)
+    model.fit(X[train_rows], y[train_rows], eval_set=[(X[stop_rows], y[stop_rows])])
+    return {
+        "target": target, "fold": fold, "valid_rows": valid_rows,
+        "valid_pred": model.predict(X[valid_rows]), "test_pred": model.predict(X_test),
+        "importance": model.feature_importances_, "best_iteration": model.best_iteration_,
+    }
+
+
+def cross_validate(
+    learner_key: str,
+    params: dict[str, Any],
+    X_train: pd.DataFrame,
+    Y: np.ndarray,
+    X_test: pd.DataFrame,
+    folds: np.ndarray,
+    *,
+    target_names: list[str],
+    baseline_train: np.ndarray | None = None,
+    baseline_test: np.ndarray | None = None,
+    early_stopping_rounds: int = 100,
+    seed: int = 0,
+    n_jobs: int = 1,
+    threads_per_fit: int = 1,
+    device: str = "cpu",
+    executor: str = "joblib",
+    ray_address: str | None = None,
+) -> CVResult:
+    """Fit one `learner_key` model per target per fold; return OOF and fold-mean test predictions.
+
+    Parameters
+    ----------
+    learner_key, params : registry key and library params of the learner.
+    X_train, X_test : feature frames (columns in the same order; categoricals allowed).
+    Y : (n_train, n_targets) labels, NaN where unknown.
+    folds : (n_train,) fold of each train row (from folds.csv).
+    target_names : names of Y's columns (for scores and importance).
+    baseline_train, baseline_test : optional (n, n_targets) baselines; the learners then fit
+        Y - baseline and the baseline is added back to every prediction (residual mode).
+    n_jobs, executor : parallel (target, fold) fits through joblib processes or Ray.
+    """
+    columns = list(X_train.columns)
+    X, Xt, cats = encode_features(X_train, X_test, columns)
+    Y = np.asarray(Y, dtype=float)
+    base_train = np.zeros_like(Y) if baseline_train is None else np.asarray(baseline_train, float)
+    base_test = (np.zeros((len(Xt), Y.shape[1])) if baseline_test is None
+                 else np.asarray(baseline_test, float))
+    fold_ids = sorted(int(f) for f in np.unique(folds))
+    learner_kwargs = {"params": params, "categorical_features": cats,
+                      "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
+                      "n_threads": threads_per_fit, "device": device}
+    tasks_of = [(t, f) for t in range(Y.shape[1]) for f in fold_ids]
+
+    def execute() -> list[dict[str, Any]]:
+        shared = SharedArrays({"X": X, "X_test": Xt, "Y": Y - base_train,
+                               "folds": np.asarray(folds)}, use_ray=executor == "ray")
+        tasks = [(shared, t, f, learner_key, learner_kwargs) for t, f in tasks_of]
+        return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
+                         desc=f"{learner_key} fits")
+
+    if executor == "ray":
+        with ray_session(ray_address, n_jobs):
+            results = execute()
+    else:
+        results = execute()
+
+    oof = np.full(Y.shape, np.nan)
+    test = np.zeros((len(Xt), Y.shape[1]))
+    gain = np.zeros((len(columns), Y.shape[1]))
+    best = pd.DataFrame(index=target_names, columns=[f"fold{f}" for f in fold_ids], dtype=float)
+    for r in results:
+        t = r["target"]
+        oof[r["valid_rows"], t] = r["valid_pred"]
+        test[:, t] += r["test_pred"] / len(fold_ids)
+        gain[:, t] += r["importance"] / len(fold_ids)
+        best.loc[target_names[t], f"fold{r['fold']}"] = r["best_iteration"]
+    oof += base_train
+    test += base_test
+    importance = pd.DataFrame(gain, index=columns, columns=target_names)
+    return CVResult(oof, test, fold_scores(Y, oof, folds, fold_ids), importance, best)
+
+
+def fold_scores(Y: np.ndarray, oof: np.ndarray, folds: np.ndarray, fold_ids: list[int]
+                ) -> dict[str, Any]:
+    """MAE over every labelled cell, overall and per fold."""
+    err = np.abs(Y - oof)
+
+    def mean(values: np.ndarray) -> float:
+        finite = values[np.isfinite(values)]
+        return float(finite.mean()) if finite.size else float("nan")
+
+    return {"mae": mean(err),
+            "per_fold": {f"fold{f}": mean(err[np.asarray(folds) == f]) for f in fold_ids}}

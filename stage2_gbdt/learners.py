@@ -1,0 +1,164 @@
+"""Stage-2 learners: LightGBM, XGBoost, CatBoost behind one scikit-learn estimator contract.
+
+Each is registered by string key (`create_learner("xgboost", params=...)`); an unknown key
+fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
+contract); `params` are passed to the library's own regressor, so any library option (GPU flags
+included) goes through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
+validation rows; `feature_importances_` is the total gain per feature.
+
+X is a float matrix; `categorical_features` are column indices holding non-negative integer
+codes (NaN: missing), which each library treats as categories natively.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from features.registry import Registry
+
+LEARNERS: Registry[type[GBDTRegressor]] = Registry("stage-2 learner")
+
+
+class GBDTRegressor(RegressorMixin, BaseEstimator):
+    """Common contract of the stage-2 learners.
+
+    Parameters
+    ----------
+    params : keyword arguments of the library's regressor (from configs/stage2/<key>.yaml).
+    categorical_features : indices of the columns of X that hold category codes.
+    early_stopping_rounds : patience on the validation MAE; 0 disables early stopping.
+    random_state : seed; with a fixed seed and thread count, fits are deterministic.
+    n_threads : threads inside one fit.
+    device : "gpu" adds the library's GPU switch (`gpu_params`) to `params`.
+    """
+
+    gpu_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: dict[str, Any] | None = None, categorical_features: tuple[int, ...] = (),
+                 early_stopping_rounds: int = 100, random_state: int = 0, n_threads: int = 1,
+                 device: str = "cpu"):
+        self.params = params
+        self.categorical_features = categorical_features
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.device = device
+
+    def library_params(self) -> dict[str, Any]:
+        params = dict(self.params or {})
+        if self.device == "gpu":
+            params = {**self.gpu_params, **params}
+        return params
+
+    def _stopping(self, eval_set: list | None) -> int:
+        return self.early_stopping_rounds if eval_set and self.early_stopping_rounds > 0 else 0
+
+    def fit(self, X: np.ndarray, y: np.ndarray, eval_set: list | None = None) -> GBDTRegressor:
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model_.predict(X), dtype=float)
+
+
+@LEARNERS.register("lightgbm")
+class LightGBMRegressor(GBDTRegressor):
+    """LightGBM; default objective `l1` (MAE), early stopping on the l1 metric."""
+
+    gpu_params: ClassVar[dict[str, Any]] = {"device_type": "gpu"}
+
+    def fit(self, X, y, eval_set=None):
+        import lightgbm as lgb
+
+        # Row-wise histograms + deterministic: the same seed gives the same trees.
+        params = {"objective": "l1", "metric": "l1", "verbosity": -1, "deterministic": True,
+                  "force_row_wise": True, **self.library_params(),
+                  "random_state": self.random_state, "n_jobs": self.n_threads}
+        self.model_ = lgb.LGBMRegressor(**params)
+        rounds = self._stopping(eval_set)
+        callbacks = [lgb.early_stopping(rounds, first_metric_only=True, verbose=False)] if rounds else []
+        evals: dict[str, Any] = {}
+        if rounds:
+            # LightGBM >= 4.7 takes eval_X/eval_y (eval_set is deprecated there).
+            new_api = "eval_X" in inspect.signature(lgb.LGBMRegressor.fit).parameters
+            evals = ({"eval_X": tuple(x for x, _ in eval_set), "eval_y": tuple(v for _, v in eval_set)}
+                     if new_api else {"eval_set": eval_set})
+        self.model_.fit(X, y, categorical_feature=list(self.categorical_features) or "auto",
+                        callbacks=callbacks, **evals)
+        booster = self.model_.booster_
+        self.best_iteration_ = int(self.model_.best_iteration_ or booster.current_iteration())
+        self.feature_importances_ = booster.feature_importance("gain").astype(float)
+        return self
+
+
+@LEARNERS.register("xgboost")
+class XGBoostRegressor(GBDTRegressor):
+    """XGBoost; default objective `reg:absoluteerror`, early stopping on `mae`."""
+
+    gpu_params: ClassVar[dict[str, Any]] = {"device": "cuda"}
+
+    def fit(self, X, y, eval_set=None):
+        import xgboost as xgb
+
+        rounds = self._stopping(eval_set)
+        params = {"objective": "reg:absoluteerror", "eval_metric": "mae", "tree_method": "hist",
+                  **self.library_params(), "random_state": self.random_state,
+                  "n_jobs": self.n_threads, "early_stopping_rounds": rounds or None}
+        cats = set(self.categorical_features)
+        if cats:
+            params |= {"enable_categorical": True,
+                       "feature_types": ["c" if j in cats else "q" for j in range(X.shape[1])]}
+        self.model_ = xgb.XGBRegressor(**params)
+        self.model_.fit(X, y, eval_set=eval_set if rounds else None, verbose=False)
+        booster = self.model_.get_booster()
+        self.best_iteration_ = int(self.model_.best_iteration + 1 if rounds
+                                   else booster.num_boosted_rounds())
+        gain = booster.get_score(importance_type="total_gain")
+        self.feature_importances_ = np.array([gain.get(f"f{j}", 0.0) for j in range(X.shape[1])])
+        return self
+
+
+@LEARNERS.register("catboost")
+class CatBoostRegressor(GBDTRegressor):
+    """CatBoost; default loss `MAE`, early stopping with the best model kept.
+
+    Importance is CatBoost's PredictionValuesChange (its default; a gain-like measure).
+    """
+
+    gpu_params: ClassVar[dict[str, Any]] = {"task_type": "GPU"}
+
+    def _frame(self, X: np.ndarray) -> pd.DataFrame:
+        # CatBoost wants integer/string categories, not float codes; -1 stands for missing.
+        frame = pd.DataFrame(X)
+        for j in self.categorical_features:
+            frame[j] = np.nan_to_num(frame[j].to_numpy(), nan=-1).astype(np.int64)
+        return frame
+
+    def fit(self, X, y, eval_set=None):
+        import catboost as cb
+
+        rounds = self._stopping(eval_set)
+        params = {"loss_function": "MAE", "verbose": False, "allow_writing_files": False,
+                  **self.library_params(), "random_seed": self.random_state,
+                  "thread_count": self.n_threads}
+        self.model_ = cb.CatBoostRegressor(**params)
+        evals = [(self._frame(Xv), yv) for Xv, yv in eval_set] if rounds else None
+        self.model_.fit(self._frame(X), y, cat_features=list(self.categorical_features) or None,
+                        eval_set=evals[0] if evals else None,
+                        early_stopping_rounds=rounds or None, use_best_model=bool(rounds))
+        self.best_iteration_ = int(self.model_.get_best_iteration() + 1 if rounds
+                                   else self.model_.tree_count_)
+        self.feature_importances_ = np.asarray(self.model_.get_feature_importance(), dtype=float)
+        return self
+
+    def predict(self, X):
+        return np.asarray(self.model_.predict(self._frame(X)), dtype=float)
+
+
+def create_learner(key: str, **kwargs: Any) -> GBDTRegressor:
+    """The learner registered under `key`, built with `kwargs` (see `GBDTRegressor`)."""
+    return LEARNERS.get(key)(**kwargs)

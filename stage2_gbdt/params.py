@@ -1,0 +1,54 @@
+"""A learner's parameters: `configs/stage2/<key>.yaml`, overridden by `stage2.params.<key>`.
+
+The file holds the library's constructor arguments; an experiment config (or a command-line
+override such as `stage2.params.lightgbm.num_leaves=15`) changes single keys on top of it.
+Each run saves the merged result, so its config.yaml says exactly what was fitted.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stage2_gbdt.learners import LEARNERS
+from trajstack.config import CONFIG_DIR, Config, ConfigError, deep_merge
+
+PARAMS_DIR = CONFIG_DIR / "stage2"
+# Top-level config sections that can change a stage-2 result (plus where things are).
+STAGE2_SECTIONS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "cache",
+                   "features", "stage2")
+
+
+def params_file(key: str) -> Path:
+    return PARAMS_DIR / f"{key}.yaml"
+
+
+def learner_params(cfg: Config, key: str) -> dict[str, Any]:
+    """Merged library params of learner `key` (file defaults, then config overrides)."""
+    LEARNERS.get(key)  # unknown key: error listing the valid ones
+    unknown = [k for k in cfg.stage2.params if k not in LEARNERS]
+    if unknown:
+        raise ConfigError(f"stage2.params names unknown learners {unknown}; valid: "
+                          f"{', '.join(LEARNERS.keys())}")
+    path = params_file(key)
+    base = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if not isinstance(base or {}, dict):
+        raise ConfigError(f"{path} must be a mapping of {key} parameters")
+    return deep_merge(base or {}, cfg.stage2.params.get(key, {}))
+
+
+def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of one learner's run: only that learner, with its merged params.
+
+    Keeping other learners' params out means editing xgboost's file does not invalidate a
+    finished lightgbm run. Other stages' sections are left out too: downstream ones (blend,
+    report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
+    run's signature in the feature hash.
+    """
+    resolved = {k: v for k, v in copy.deepcopy(cfg.to_dict()).items() if k in STAGE2_SECTIONS}
+    resolved["stage2"]["learners"] = [key]
+    resolved["stage2"]["params"] = {key: params}
+    return resolved

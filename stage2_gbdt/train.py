@@ -1,0 +1,157 @@
+"""`trajstack stage2`: one GBDT per target per fold on the feature table, for each learner.
+
+Reads top to bottom: config -> folds -> tables and features (stage-1 artifacts included) ->
+per learner: params, cross-validation, artifacts. Each learner writes its own run folder
+`outputs/<exp>/stage2/<learner>/` (config.yaml, meta.json, oof.parquet, test.parquet,
+importance.csv, importance.png, log.txt), skipped on rerun when config and inputs match.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.build import FeatureTable, build_features, table_hash
+from features.physics import physics_baseline
+from features.registry import RegistryError
+from stage2_gbdt.cv import CVResult, cross_validate
+from stage2_gbdt.importance import importance_table, write_importance
+from stage2_gbdt.learners import LEARNERS
+from stage2_gbdt.params import learner_params, run_config
+from trajstack.artifacts import ArtifactError, ArtifactStore
+from trajstack.config import Config, ConfigError
+from trajstack.folds import Folds, ensure_folds
+from trajstack.metrics import mae_report
+from trajstack.tables import read_table
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Stage2Data:
+    """Everything the learners share: folds, features, labels, optional residual baselines."""
+
+    cfg: Config
+    folds: Folds
+    features: FeatureTable
+    labels: pd.DataFrame  # ID + target columns, train-table order
+    baseline_train: np.ndarray | None = None
+    baseline_test: np.ndarray | None = None
+
+
+def parse_learners(values: list[str] | None, cfg: Config) -> list[str]:
+    """Learner keys from `--learner` (repeatable, or comma lists), else `stage2.learners`."""
+    raw = [k for v in values for k in v.split(",")] if values else list(cfg.stage2.learners)
+    keys = list(dict.fromkeys(k.strip() for k in raw if k.strip()))
+    LEARNERS.check(keys)
+    return keys
+
+
+def prepare(cfg: Config, log: Log = print) -> Stage2Data:
+    """Folds, typed tables, feature table and (for residual mode) the physics baselines."""
+    spec = cfg.dataset
+    folds = ensure_folds(cfg)
+    train = read_table(cfg.data_dir, spec, "train")
+    test = read_table(cfg.data_dir, spec, "test")
+    features = build_features(cfg, folds, train, test, log=log)
+    labels = train[[spec.id_column, *spec.target_columns]]
+    data = Stage2Data(cfg, folds, features, labels)
+    if cfg.features.physics.target_mode == "residual":
+        data.baseline_train = physics_baseline(train, spec, cfg.features.physics)
+        data.baseline_test = physics_baseline(test, spec, cfg.features.physics)
+    return data
+
+
+def fit_learner(data: Stage2Data, key: str, params: dict) -> CVResult:
+    """Cross-validate learner `key` with `params` on the prepared data."""
+    cfg, s2 = data.cfg, data.cfg.stage2
+    ft = data.features
+    return cross_validate(
+        key, params, ft.train[ft.feature_columns], data.labels[cfg.dataset.target_columns].to_numpy(float),
+        ft.test[ft.feature_columns], data.folds.fold_of(ft.train[ft.id_column]),
+        target_names=cfg.dataset.target_columns, baseline_train=data.baseline_train,
+        baseline_test=data.baseline_test, early_stopping_rounds=s2.early_stopping_rounds,
+        seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
+        executor=s2.executor, ray_address=s2.ray_address,
+    )
+
+
+def prediction_frames(data: Stage2Data, result: CVResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(oof, test) frames as the blend reads them: ID[, fold], targets; sorted by ID."""
+    spec, ft = data.cfg.dataset, data.features
+    id_col, targets = spec.id_column, spec.target_columns
+    ids = ft.train[id_col]
+    oof = pd.concat([pd.DataFrame({id_col: ids.to_numpy(), "fold": data.folds.fold_of(ids)}),
+                     pd.DataFrame(result.oof, columns=targets)], axis=1)
+    test = pd.concat([ft.test[[id_col]].reset_index(drop=True),
+                      pd.DataFrame(result.test, columns=targets)], axis=1)
+    return (oof.sort_values(id_col, ignore_index=True), test.sort_values(id_col, ignore_index=True))
+
+
+def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = print) -> Path:
+    """Run (or skip, when done with the same config and inputs) learner `key`; its run folder."""
+    cfg = data.cfg
+    spec = cfg.dataset
+    params = learner_params(cfg, key)
+    run = ArtifactStore(cfg.experiment_dir).run(
+        "stage2", key, run_config(cfg, key, params),
+        inputs={"features": data.features.hash, "labels": table_hash(data.labels)},
+        fold_hash=data.folds.hash)
+    if run.is_done() and not force:
+        log(f"stage2 {key}: done already ({run.dir}); --force to refit")
+        return run.dir
+    run.begin(force=force)
+    ft = data.features
+    run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
+            f"test rows, {data.folds.n_splits} folds, target_mode "
+            f"{cfg.features.physics.target_mode}")
+    result = fit_learner(data, key, params)
+    oof, test = prediction_frames(data, result)
+    run.write_parquet("oof.parquet", oof)
+    run.write_parquet("test.parquet", test)
+    write_importance(importance_table(result.importance), run.dir, f"stage 2 {key}: top features",
+                     top=cfg.stage2.importance_top)
+    labelled = data.labels.set_index(spec.id_column).loc[oof[spec.id_column]]
+    complete = labelled.notna().all(axis=1).to_numpy()
+    scores = mae_report(labelled[complete], oof[complete], spec) | {
+        "per_fold": result.scores["per_fold"],
+        "best_iteration_mean": float(np.nanmean(result.best_iterations.to_numpy(float))),
+        "n_features": len(ft.feature_columns)}
+    run.log(f"{key}: CV MAE {scores['mae']:.5f}")
+    run.finish(scores=scores, learner=key)
+    log(f"stage2 {key}: CV MAE {scores['mae']:.5f} -> {run.dir}")
+    return run.dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trajstack stage2 [--learner KEY ...] [--force]`."""
+    from trajstack.cli import common_parser, config_from_args
+
+    parser = common_parser("stage2", "fit one GBDT per target per fold on the feature table")
+    parser.add_argument("--learner", action="append", metavar="KEY",
+                        help=f"learner key(s), repeatable or comma-separated: "
+                             f"{', '.join(LEARNERS.keys())} (default: stage2.learners)")
+    parser.add_argument("--force", action="store_true",
+                        help="refit even when a finished run matches (older runs are moved aside)")
+    # Overrides may come before and after options (the Makefile puts ARGS before --learner).
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = config_from_args(args)
+        keys = parse_learners(args.learner, cfg)
+        data = prepare(cfg)
+        for key in keys:
+            train_learner(data, key, force=args.force)
+    except (ArtifactError, RegistryError, ConfigError) as err:
+        # FoldMismatchError and "run stage 1 first" are ArtifactErrors: say it and stop.
+        print(f"trajstack stage2: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

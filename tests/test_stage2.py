@@ -1,0 +1,201 @@
+"""Stage 2: learners swappable by config, OOF honesty, determinism, Ray == joblib, fold checks,
+and telemetry-only data with NaN / missing columns end to end."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from dataset_factory import make_tiny_dataset
+from sklearn.base import clone
+from test_features_stage1 import write_fake_stage1_run
+
+from features.registry import RegistryError
+from stage2_gbdt.cv import cross_validate, encode_features
+from stage2_gbdt.learners import LEARNERS, GBDTRegressor, create_learner
+from stage2_gbdt.params import params_file
+from stage2_gbdt.train import main, parse_learners
+from trajstack.config import load_config
+from trajstack.folds import load_folds
+
+SMALL = {
+    "lightgbm": {"n_estimators": 25, "num_leaves": 4, "min_child_samples": 3, "learning_rate": 0.2},
+    "xgboost": {"n_estimators": 25, "max_depth": 2, "learning_rate": 0.2},
+    "catboost": {"iterations": 25, "depth": 2, "learning_rate": 0.3},
+}
+FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
+        "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
+        *(f"stage2.params.{k}={v}" for k, v in SMALL.items())]
+
+
+def synthetic(n=240, n_targets=2, seed=0):
+    """Features with a categorical column, smooth targets, 4 folds."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n),
+                      "gear": pd.Categorical(rng.choice(["d", "p"], size=n), categories=["d", "p", "r"])})
+    X.loc[::7, "b"] = np.nan
+    Y = np.stack([2 * X["a"] + (X["gear"] == "p") * 3 + 0.1 * rng.normal(size=n)
+                  for _ in range(n_targets)], axis=1)
+    Y[5, 0] = np.nan  # an unlabelled row is predicted, never fitted on
+    return X, Y, np.arange(n) % 4
+
+
+def cv(key="lightgbm", params=None, **kwargs):
+    X, Y, folds = synthetic()
+    kwargs.setdefault("early_stopping_rounds", 5)
+    return cross_validate(key, params or SMALL[key], X, Y, X.iloc[:30], folds,
+                          target_names=["t0", "t1"], **kwargs)
+
+
+@pytest.mark.parametrize("key", ["lightgbm", "xgboost", "catboost"])
+def test_each_learner_trains_and_predicts(key):
+    X, Y, _ = synthetic()
+    result = cv(key)
+    assert result.oof.shape == Y.shape and result.test.shape == (30, 2)
+    assert np.isfinite(result.oof).all() and np.isfinite(result.test).all()
+    assert result.scores["mae"] < 0.5 * np.nanmean(np.abs(Y - np.nanmean(Y, 0)))  # it learnt
+    assert list(result.importance.index) == ["a", "b", "gear"]
+    assert result.importance.loc["a"].min() > result.importance.loc["b"].max()
+    no_stopping = cv(key, early_stopping_rounds=0)  # fixed number of trees
+    assert (no_stopping.best_iterations.to_numpy() == 25).all()
+    model = create_learner(key, params={"x": 1}, random_state=3)
+    assert clone(model).get_params()["params"] == {"x": 1}  # scikit-learn estimator contract
+
+
+def test_unknown_learner_lists_valid_keys(tmp_path):
+    with pytest.raises(RegistryError, match="unknown stage-2 learner 'lgbm'.*catboost, lightgbm, xgboost"):
+        create_learner("lgbm")
+    assert main(["--learner", "lgbm", f"output_dir={tmp_path}"]) == 2
+
+
+def test_learner_selection_from_command_line_or_config():
+    cfg = load_config("demo", ["stage2.learners=[catboost]"])
+    assert parse_learners(None, cfg) == ["catboost"]
+    assert parse_learners(["lightgbm,xgboost", "lightgbm"], cfg) == ["lightgbm", "xgboost"]
+    with pytest.raises(RegistryError, match="valid keys"):
+        parse_learners(["lightgbm,xgb"], cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), n_scenes=15, rows_per_scene=4,
+                             n_test_scenes=3, seed=2)
+
+
+def _args(tiny, out, *extra):
+    return ["--config", "demo", "--data", str(tiny.root), f"output_dir={out}", *FAST, *extra]
+
+
+def test_swapping_the_learner_is_a_config_change_only(tiny, tmp_path, capsys):
+    assert main(_args(tiny, tmp_path, "--learner", "xgboost", "features.stage1=false")) == 0
+    assert main(_args(tiny, tmp_path, "stage2.learners=[catboost]", "features.stage1=false")) == 0
+    root = tmp_path / "demo" / "stage2"
+    for key in ("xgboost", "catboost"):
+        run = root / key
+        assert {"config.yaml", "meta.json", "oof.parquet", "test.parquet", "importance.csv",
+                "importance.png"} <= {p.name for p in run.iterdir()}
+        params = yaml.safe_load((run / "config.yaml").read_text())["stage2"]["params"]
+        assert list(params) == [key]  # the file's defaults merged with the override
+        defaults = yaml.safe_load(params_file(key).read_text())
+        assert params[key] == {**defaults, **SMALL[key]}
+        oof, test = pd.read_parquet(run / "oof.parquet"), pd.read_parquet(run / "test.parquet")
+        targets = load_config("demo").dataset.target_columns
+        assert list(oof.columns) == ["ID", "fold", *targets] and list(test.columns) == ["ID", *targets]
+        assert oof["ID"].is_monotonic_increasing and sorted(oof["ID"]) == sorted(tiny.train_ids)
+        assert test["ID"].tolist() == sorted(tiny.test_ids)
+    assert not (root / "lightgbm").exists()
+    # Rerun: skipped, nothing refitted.
+    meta = (root / "xgboost" / "meta.json").read_text()
+    capsys.readouterr()
+    assert main(_args(tiny, tmp_path, "--learner", "xgboost,xgboost", "features.stage1=false")) == 0
+    assert "done already" in capsys.readouterr().out
+    assert (root / "xgboost" / "meta.json").read_text() == meta
+
+
+class Memorizer(GBDTRegressor):
+    """Predicts the label of a row it was trained on (by its `row` feature), else NaN."""
+
+    def fit(self, X, y, eval_set=None):
+        self.seen_ = dict(zip(X[:, 0].astype(int), y, strict=True))
+        self.best_iteration_, self.feature_importances_ = 1, np.zeros(X.shape[1])
+        return self
+
+    def predict(self, X):
+        return np.array([self.seen_.get(int(r), np.nan) for r in X[:, 0]])
+
+
+def test_oof_covers_each_row_once_from_a_model_that_never_saw_it(monkeypatch):
+    monkeypatch.setitem(LEARNERS._entries, "memorizer", Memorizer)
+    X, Y, folds = synthetic()
+    X.insert(0, "row", np.arange(len(X), dtype=float))
+    matrix = encode_features(X, X, list(X.columns))[0]
+    assert np.array_equal(Memorizer().fit(matrix, Y[:, 1]).predict(matrix), Y[:, 1])  # memorises
+    result = cross_validate("memorizer", {}, X, Y, X.iloc[:5], folds, target_names=["t0", "t1"])
+    assert np.isnan(result.oof).all()  # so no OOF value came from a model that saw its row
+
+
+def test_oof_rows_and_folds_match_folds_csv(tiny, tmp_path):
+    assert main(_args(tiny, tmp_path, "--learner", "lightgbm", "features.stage1=false")) == 0
+    oof = pd.read_parquet(tmp_path / "demo" / "stage2" / "lightgbm" / "oof.parquet")
+    folds = load_folds(tmp_path / "demo" / "folds.csv")
+    assert oof["ID"].is_unique and len(oof) == len(tiny.train_ids)
+    assert (oof["fold"].to_numpy() == folds.fold_of(oof["ID"])).all()
+    assert np.isfinite(oof.iloc[:, 2:].to_numpy()).all()
+
+
+def test_fixed_seed_is_deterministic_across_processes():
+    params = {**SMALL["lightgbm"], "subsample": 0.7, "subsample_freq": 1, "colsample_bytree": 0.7}
+    first = cv(params=params, seed=5, n_jobs=2)
+    second = cv(params=params, seed=5, n_jobs=1)
+    other = cv(params=params, seed=6, n_jobs=1)
+    np.testing.assert_array_equal(first.oof, second.oof)
+    np.testing.assert_array_equal(first.test, second.test)
+    assert not np.array_equal(first.oof, other.oof)  # the seed is really used
+
+
+@pytest.mark.ray
+def test_ray_executor_gives_the_same_predictions_as_joblib():
+    ray = pytest.importorskip("ray", reason="executor=ray needs the `ray` extra")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = cv(key="xgboost", seed=1, n_jobs=2, executor="ray")
+    finally:
+        ray.shutdown()
+    on_joblib = cv(key="xgboost", seed=1, n_jobs=2, executor="joblib")
+    np.testing.assert_array_equal(on_ray.oof, on_joblib.oof)
+    np.testing.assert_array_equal(on_ray.test, on_joblib.test)
+
+
+def test_residual_mode_adds_the_baseline_back():
+    X, Y, folds = synthetic()
+    baseline = 50 + 10 * np.arange(len(X))[:, None] * np.ones((1, 2))  # big, row-specific
+    kwargs = {"target_names": ["t0", "t1"], "early_stopping_rounds": 5}
+    residual = cross_validate("lightgbm", SMALL["lightgbm"], X, Y + baseline, X.iloc[:10], folds,
+                              baseline_train=baseline, baseline_test=baseline[:10], **kwargs)
+    direct = cross_validate("lightgbm", SMALL["lightgbm"], X, Y + baseline, X.iloc[:10], folds,
+                            **kwargs)
+    assert residual.scores["mae"] < 0.5 and direct.scores["mae"] > 10 * residual.scores["mae"]
+
+
+def test_stage1_on_other_folds_is_refused_and_missing_stage1_explained(tiny, tmp_path, capsys):
+    with_s1 = "features.builders=[telemetry, stage1]"
+    assert main(_args(tiny, tmp_path, "--learner", "lightgbm", with_s1)) == 2
+    assert "make stage1" in capsys.readouterr().err
+    cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST])
+    write_fake_stage1_run(cfg, fold_hash="0123456789abcdef")
+    assert main(_args(tiny, tmp_path, "--learner", "lightgbm", with_s1)) == 2
+    assert "built on folds 0123456789abcdef" in capsys.readouterr().err
+
+
+def test_stage1_features_help_stage2(tiny, tmp_path):
+    """A (fake) stage 1 that knows the labels up to noise: stage 2 must use it."""
+    maes = {}
+    for exp, extra in (("tele", ["features.stage1=false"]),
+                       ("s1", ["features.builders=[telemetry, physics, stage1]"])):
+        if exp == "s1":
+            cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST,
+                                       f"experiment={exp}"])
+            write_fake_stage1_run(cfg, noise=0.2)
+        assert main(_args(tiny, tmp_path, "--exp", exp, "--learner", "lightgbm", *extra)) == 0
+        meta = yaml.safe_load((tmp_path / exp / "stage2" / "lightgbm" / "meta.json").read_text())
+        maes[exp] = meta["scores"]["mae"]
+    assert maes["s1"] < 0.5 * maes["tele"]
