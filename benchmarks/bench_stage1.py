@@ -15,10 +15,6 @@ import json
 import time
 from typing import Any
 
-# isort: off
-from stage1_nn import cpu_env  # noqa: F401  (before torch: OpenMP wait policy)
-
-# isort: on
 import torch
 
 from stage1_nn.distributed import DistEnv

@@ -14,10 +14,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-# isort: off
-from stage1_nn import cpu_env  # noqa: F401  (before torch: OpenMP wait policy)
-
-# isort: on
 import numpy as np
 import pandas as pd
 import torch
