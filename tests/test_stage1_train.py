@@ -6,6 +6,7 @@ NaN telemetry, and DDP with two CPU processes (gloo) matching one process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +39,23 @@ def _overrides(data_root: Path, out: Path, exp: str) -> list[str]:
     return [f"data_dir={data_root}", f"output_dir={out}", f"experiment={exp}", *SHRINK]
 
 
+@contextlib.contextmanager
+def counting_fit_fold():
+    """Record which folds `run_stage1` trains (module-level patch, restored on exit)."""
+    calls: list[int] = []
+    original = train_module.fit_fold
+
+    def counting(cfg, data, fold, run, env):
+        calls.append(fold)
+        return original(cfg, data, fold, run, env)
+
+    train_module.fit_fold = counting
+    try:
+        yield calls
+    finally:
+        train_module.fit_fold = original
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One full 3-fold run on a tiny dataset whose telemetry has NaN holes."""
@@ -51,18 +69,8 @@ def trained(tmp_path_factory):
         table.loc[[1, 4], col] = ""
     data.write_table("train", table)
     cfg = load_config("demo", _overrides(data.root, root / "out", "tiny"))
-    calls = []
-    original = train_module.fit_fold
-
-    def counting_fit_fold(cfg, data, fold, run, env):
-        calls.append(fold)
-        return original(cfg, data, fold, run, env)
-
-    train_module.fit_fold = counting_fit_fold
-    try:
+    with counting_fit_fold() as calls:
         run = train_module.run_stage1(cfg)
-    finally:
-        train_module.fit_fold = original
     return {"root": root, "data": data, "cfg": cfg, "run": run, "calls": calls}
 
 
@@ -125,15 +133,7 @@ def test_checkpoint_reloads_to_identical_predictions(trained):
 
 def test_resume_skips_done_folds(trained):
     cfg, run = trained["cfg"], trained["run"]
-    calls = []
-    original = train_module.fit_fold
-
-    def counting_fit_fold(cfg, data, fold, run, env):
-        calls.append(fold)
-        return original(cfg, data, fold, run, env)
-
-    train_module.fit_fold = counting_fit_fold
-    try:
+    with counting_fit_fold() as calls:
         train_module.run_stage1(cfg)  # finished run: nothing is trained
         assert calls == []
         # an interrupted run: fold 1 never finished and the run is not marked done
@@ -143,8 +143,6 @@ def test_resume_skips_done_folds(trained):
         again = train_module.run_stage1(cfg)
         assert calls == [1]
         assert again.is_done()
-    finally:
-        train_module.fit_fold = original
     oof = pd.read_parquet(run.dir / "oof.parquet")
     assert oof["ID"].is_unique and len(oof) == len(trained["data"].train_ids)
 
