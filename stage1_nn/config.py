@@ -41,6 +41,9 @@ class LstmConfig(StrictModel):
 class ModelConfig(StrictModel):
     backbone: str = "convnext_tiny"  # any timm model name
     pretrained: bool = False
+    # Weights file for `pretrained: true` (.safetensors / .pth); None: the local Hugging Face
+    # cache. Nothing is downloaded at run time: missing weights are an error saying how to get them.
+    pretrained_file: str | None = None
     drop_path_rate: float = 0.0
     # Extra keyword arguments for timm.create_model (e.g. dims/depths of a custom ConvNeXt).
     backbone_kwargs: dict[str, Any] = {}

@@ -36,6 +36,33 @@ class ModelDims:
     image_size: tuple[int, int] | None = None
 
 
+def local_pretrained_file(cfg: ModelConfig) -> str:
+    """Path of the backbone's pretrained weights on this machine; an error when there are none.
+
+    `stage1.model.pretrained_file` when set, else the file timm would fetch, if the local Hugging
+    Face cache already holds it.
+    """
+    if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise FileNotFoundError(f"stage1.model.pretrained_file={cfg.pretrained_file} does not exist")
+        return cfg.pretrained_file
+    from huggingface_hub import try_to_load_from_cache
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.backbone)
+    repo = getattr(pretrained_cfg, "hf_hub_id", None)
+    for filename in ("model.safetensors", "pytorch_model.bin") if repo else ():
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return cached
+    raise FileNotFoundError(
+        f"pretrained weights for backbone {cfg.backbone!r} are not on this machine and trajstack "
+        f"never downloads at run time. On a machine with internet run `python -c \"import timm; "
+        f"timm.create_model('{cfg.backbone}', pretrained=True)\"` (fills the Hugging Face cache; "
+        f"copy it here), or download the weights of {repo or cfg.backbone} and set "
+        f"stage1.model.pretrained_file=PATH; or use stage1.model.pretrained=false."
+    )
+
+
 class TrajectoryNet(nn.Module):
     """Multi-frame image backbone + telemetry projector + optional extra input, fused -> LSTM -> heads.
 
@@ -50,9 +77,12 @@ class TrajectoryNet(nn.Module):
         super().__init__()
         self.dims, self.channels_last = dims, channels_last
         in_chans = dims.channels * dims.n_frames
+        # A local weights file only (timm adapts the first conv to in_chans): never a download.
+        overlay = {"file": local_pretrained_file(cfg)} if cfg.pretrained else None
         self.backbone = timm.create_model(
-            cfg.backbone, pretrained=cfg.pretrained, in_chans=in_chans, num_classes=0,
-            drop_path_rate=cfg.drop_path_rate, **cfg.backbone_kwargs,
+            cfg.backbone, pretrained=cfg.pretrained, pretrained_cfg_overlay=overlay,
+            in_chans=in_chans, num_classes=0, drop_path_rate=cfg.drop_path_rate,
+            **cfg.backbone_kwargs,
         )
         # Normalise with the backbone's own pretrained statistics, repeated for every frame.
         data_cfg = resolve_data_config({}, model=self.backbone)

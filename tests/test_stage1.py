@@ -10,6 +10,7 @@ import torch
 from dataset_factory import make_tiny_dataset
 
 from stage1_nn.augment import FlipRules, PhotometricAugment
+from stage1_nn.config import ModelConfig
 from stage1_nn.data import (
     SequenceDataset,
     TelemetryEncoder,
@@ -167,3 +168,31 @@ def test_frame_subset_is_configurable(tiny):
     ds = SequenceDataset(make_sequences(table[spec.id_column].to_numpy(str), spec, "row"), cache.images, raw,
                          TelemetryEncoder.fit(raw, spec), spec, frame_indices(spec, [last]))
     np.testing.assert_array_equal(ds[0]["images"][:, 0], cache.images[ds.sequences[0], -1])
+
+
+TINY_CONVNEXT = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
+
+
+def test_pretrained_weights_come_from_a_local_file_only(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    source = timm.create_model("convnext_atto", **TINY_CONVNEXT)  # a 3-channel "pretrained" net
+    weights = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), weights)
+    cfg = ModelConfig(backbone="convnext_atto", pretrained=True, pretrained_file=str(weights),
+                      backbone_kwargs=TINY_CONVNEXT)
+    dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
+                     aux_head=True)
+    model = build_model(cfg, dims)
+    loaded = model.backbone.state_dict()
+    # Deeper layers are the file's; the stem is adapted from 3 to 9 input channels by timm.
+    torch.testing.assert_close(loaded["stages.3.blocks.0.conv_dw.weight"],
+                               source.state_dict()["stages.3.blocks.0.conv_dw.weight"])
+    assert loaded["stem.0.weight"].shape[1] == 9
+
+    # Without a file and with nothing in the local Hugging Face cache: a clear error, no download.
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(FileNotFoundError, match="never downloads.*pretrained_file"):
+        build_model(cfg.model_copy(update={"pretrained_file": None}), dims)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "nope.pth")}), dims)
