@@ -8,37 +8,25 @@ each column summing to 1; ``predict(preds)`` is the weighted sum per target.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-OPTIMIZERS: dict[str, type[BlendOptimizer]] = {}
+from trajstack.registry import Registry
 
-
-def register_optimizer(key: str) -> Callable[[type[BlendOptimizer]], type[BlendOptimizer]]:
-    """Class decorator adding an optimiser under `key`; a duplicate key is an error."""
-
-    def decorate(cls: type[BlendOptimizer]) -> type[BlendOptimizer]:
-        if key in OPTIMIZERS:
-            raise ValueError(f"blend optimiser {key!r} is already registered ({OPTIMIZERS[key].__name__})")
-        OPTIMIZERS[key] = cls
-        return cls
-
-    return decorate
+OPTIMIZERS: Registry[type[BlendOptimizer]] = Registry("blend optimiser")
+# Class decorator adding an optimiser under a key; a duplicate key is an error.
+register_optimizer = OPTIMIZERS.register
 
 
 def create_optimizer(key: str, **params: Any) -> BlendOptimizer:
-    """The optimiser registered under `key`, built with `params`.
+    """The optimiser registered under `key` (config key blend.optimizer), built with `params`.
 
     Raises
     ------
-    KeyError : unknown key; the message lists the known ones.
+    RegistryError : unknown key; the message lists the known ones.
     """
-    if key not in OPTIMIZERS:
-        raise KeyError(f"unknown blend optimiser {key!r}; choose one of {sorted(OPTIMIZERS)} "
-                       "(config key blend.optimizer)")
-    return OPTIMIZERS[key](**params)
+    return OPTIMIZERS.get(key)(**params)
 
 
 def check_stack(preds: np.ndarray, y: np.ndarray | None = None) -> None:

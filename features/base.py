@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from features.registry import Registry
+from trajstack.registry import Registry
 
 if TYPE_CHECKING:
     from trajstack.config import Config

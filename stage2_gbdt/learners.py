@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from features.registry import Registry
+from trajstack.registry import Registry
 
 LEARNERS: Registry[type[GBDTRegressor]] = Registry("stage-2 learner")
 

@@ -18,7 +18,6 @@ import pandas as pd
 
 from features.build import FeatureTable, build_features, table_hash
 from features.physics import physics_baseline
-from features.registry import RegistryError
 from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
@@ -27,6 +26,7 @@ from trajstack.artifacts import ArtifactError, ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
 from trajstack.metrics import mae_report
+from trajstack.registry import RegistryError
 from trajstack.tables import read_table
 
 Log = Callable[[str], None]

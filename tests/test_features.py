@@ -11,10 +11,10 @@ from dataset_factory import make_tiny_dataset
 from features.base import BUILDERS, BuildContext
 from features.build import build_features
 from features.physics import physics_baseline, physics_forecasts
-from features.registry import Registry, RegistryError
 from features.scene_lags import scene_lag_features
 from features.traffic_lights import light_row
 from trajstack.config import ConfigError, load_config
+from trajstack.registry import Registry, RegistryError
 from trajstack.tables import read_table, scene_and_time
 
 NO_STAGE1 = "features.stage1=false"

@@ -9,13 +9,13 @@ from dataset_factory import make_tiny_dataset
 from sklearn.base import clone
 from test_features_stage1 import write_fake_stage1_run
 
-from features.registry import RegistryError
 from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import LEARNERS, GBDTRegressor, create_learner
 from stage2_gbdt.params import params_file
 from stage2_gbdt.train import main, parse_learners
 from trajstack.config import load_config
 from trajstack.folds import load_folds
+from trajstack.registry import RegistryError
 
 SMALL = {
     "lightgbm": {"n_estimators": 25, "num_leaves": 4, "min_child_samples": 3, "learning_rate": 0.2},

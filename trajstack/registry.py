@@ -1,6 +1,7 @@
 """A registry keyed by string that refuses unknown and duplicate keys, naming the valid ones.
 
-Used for the feature builders (`features.builders`) and the stage-2 learners (`lightgbm`, ...).
+The one registry of the project: feature builders (`features.builders`), stage-2 learners
+(`lightgbm`, ...) and blend optimisers (`lp`, ...).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
-    """An unknown or duplicate registry key; the message lists the valid keys."""
+class RegistryError(KeyError, ValueError):
+    """An unknown or duplicate registry key (a bad config value); the message lists the valid keys."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
