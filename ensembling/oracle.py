@@ -21,26 +21,11 @@ from trajstack.spec import DatasetSpec
 ORACLE_DIR = "oracle"
 LABELS_FILE = "test_labels.csv"
 FLOOR_FILE = "floor.json"
-# Keys under which floor.json may hold the overall floor MAE, most specific first.
-FLOOR_KEYS = ("floor_mae", "mae_floor", "overall_mae", "mae", "floor", "overall")
 
 
 def oracle_dir(data_dir: str | Path) -> Path | None:
     path = Path(data_dir) / ORACLE_DIR
     return path if (path / LABELS_FILE).exists() else None
-
-
-def floor_mae(floor: Any) -> float | None:
-    """The overall floor MAE in a parsed floor.json (a number, or a mapping holding one)."""
-    if isinstance(floor, int | float):
-        return float(floor)
-    if isinstance(floor, dict):
-        for key in FLOOR_KEYS:
-            if key in floor:
-                found = floor_mae(floor[key])
-                if found is not None:
-                    return found
-    return None
 
 
 def test_score(data_dir: str | Path, test_ids: np.ndarray, predictions: np.ndarray,
@@ -55,6 +40,7 @@ def test_score(data_dir: str | Path, test_ids: np.ndarray, predictions: np.ndarr
     labels = pd.read_csv(folder / LABELS_FILE, dtype={spec.id_column: str})
     labels = labels.set_index(spec.id_column).loc[np.asarray(test_ids, str)].reset_index()
     report = mae_report(labels, predictions, spec)
-    floor = floor_mae(read_json(folder / FLOOR_FILE)) if (folder / FLOOR_FILE).exists() else None
+    # drivesim's floor.json: {"floor_mae": overall, "floor_mae_per_axis": ..., ...}
+    floor = read_json(folder / FLOOR_FILE)["floor_mae"] if (folder / FLOOR_FILE).exists() else None
     return {"mae_report": report, "mae": report["mae"], "floor_mae": floor,
             "ratio_to_floor": report["mae"] / floor if floor else None}
