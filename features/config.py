@@ -42,8 +42,8 @@ class PhysicsConfig(StrictModel):
     forward_axis: str = "x"
     left_axis: str = "y"
     models: list[PhysicsModel] = ["constant_velocity", "constant_acceleration", "constant_turn_rate"]
-    # residual: the GBDT learns target - baseline and adds the baseline back.
-    target_mode: Literal["direct", "residual"] = "direct"
+    # The model used as a baseline to learn the residual to (stage1.baseline=physics,
+    # stage2.target_baseline=physics).
     residual_baseline: PhysicsModel = "constant_turn_rate"
 
 

@@ -160,6 +160,20 @@ def run_features(run: RunResult, ctx: BuildContext, prefix: str) -> tuple[pd.Dat
     return parts[0], parts[1]
 
 
+def stage1_baseline(ctx: BuildContext) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) mean over the selected stage-1 runs of their target predictions, rows in the
+    tables' order: OOF for train rows, fold-mean for test (`stage2.target_baseline: stage1`)."""
+    spec = ctx.spec
+    sums = [np.zeros((len(ctx.train), len(spec.target_columns))),
+            np.zeros((len(ctx.test), len(spec.target_columns)))]
+    runs = stage1_runs(ctx)
+    for run in runs:
+        train, test = run_features(run, ctx, prefix="")
+        for total, frame in zip(sums, (train, test), strict=True):
+            total += frame[spec.target_columns].to_numpy(float)
+    return sums[0] / len(runs), sums[1] / len(runs)
+
+
 def stage1_features(ctx: BuildContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Features of every selected stage-1 run, side by side (prefix s1_, or s1_<run>_ for several)."""
     runs = stage1_runs(ctx)

@@ -37,7 +37,8 @@ class FlipRules:
         return cls(negate, swap, np.asarray(spec.flip_target_sign, dtype=np.float32))
 
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A flipped copy of a raw sample: images (T, F, H, W, C), telemetry (T, n), targets (T, m)."""
+        """A flipped copy of a raw sample: images (T, F, H, W, C), telemetry (T, n), targets and
+        baseline (T, m)."""
         out = dict(sample)
         out["images"] = sample["images"][..., ::-1, :]  # mirror the width axis
         tele = sample["telemetry"].copy()
@@ -45,8 +46,9 @@ class FlipRules:
         for a, b in self.swap:
             tele[:, [a, b]] = tele[:, [b, a]]
         out["telemetry"] = tele
-        if "targets" in sample:
-            out["targets"] = sample["targets"] * self.target_sign
+        for key in ("targets", "baseline"):  # the physics baseline mirrors like the targets
+            if key in sample:
+                out[key] = sample[key] * self.target_sign
         return out
 
 

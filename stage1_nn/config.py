@@ -110,6 +110,10 @@ class Stage1Config(StrictModel):
     compile: bool = False  # torch.compile the backbone
     select: Literal["best", "last"] = "best"  # which epoch's weights to keep, by val MAE
     tta_flip: bool = False  # average plain and flipped-back predictions
+    # physics: the heads learn the residual to the kinematic forecast of features.physics
+    # (its residual_baseline model and vehicle), which the net adds back to its outputs; the
+    # net then spends its capacity on what telemetry kinematics miss (the road ahead, traffic).
+    baseline: Literal["none", "physics"] = "none"
     progress: bool = True
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

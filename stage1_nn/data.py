@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from trajstack.config import Config, ConfigError
 from trajstack.io import file_hash
+from trajstack.physics import physics_baseline
 from trajstack.spec import DatasetSpec
 from trajstack.tables import scene_and_time
 
@@ -174,6 +175,13 @@ def extra_vectors(cfg: Config, split: str, ids: Sequence[str]) -> np.ndarray | N
     return None
 
 
+def target_baseline(cfg: Config, table: pd.DataFrame) -> np.ndarray | None:
+    """(rows, n_targets) float32 forecast the net learns the residual to (`stage1.baseline`), or None."""
+    if cfg.stage1.baseline == "physics":
+        return physics_baseline(table, cfg.dataset, cfg.features.physics).astype(np.float32)
+    return None
+
+
 def extra_vectors_hash(cfg: Config) -> str | None:
     """Hash of the extra vectors' source, for the run's signature (None: no extra input)."""
     if cfg.vlm.enabled:
@@ -213,6 +221,7 @@ class SequenceDataset(Dataset):
     frames : frame indices to stack (see `frame_indices`).
     targets : (rows, n_targets) or None (test).
     extra : (rows, d) extra per-row vector or None.
+    baseline : (rows, n_targets) forecast the net adds to its outputs (`stage1.baseline`) or None.
     flip : flip rules; applied with probability `flip_p` to a whole sequence.
     photometric : per-row photometric augmentation or None.
     seed : seed of the flip draws.
@@ -221,11 +230,11 @@ class SequenceDataset(Dataset):
     def __init__(self, sequences: list[np.ndarray], images: np.ndarray, telemetry: np.ndarray,
                  encoder: TelemetryEncoder, spec: DatasetSpec, frames: np.ndarray,
                  targets: np.ndarray | None = None, extra: np.ndarray | None = None,
-                 flip: FlipRules | None = None, flip_p: float = 0.0,
+                 baseline: np.ndarray | None = None, flip: FlipRules | None = None, flip_p: float = 0.0,
                  photometric: PhotometricAugment | None = None, seed: int = 0):
         self.sequences, self.images, self.telemetry = sequences, images, telemetry
         self.encoder, self.spec, self.frames = encoder, spec, frames
-        self.targets, self.extra = targets, extra
+        self.targets, self.extra, self.baseline = targets, extra, baseline
         self.flip, self.flip_p, self.photometric = flip, flip_p, photometric
         self.rng = np.random.default_rng(seed)
         self._all_frames = len(frames) == images.shape[1] and np.array_equal(frames, np.arange(len(frames)))
@@ -240,7 +249,7 @@ class SequenceDataset(Dataset):
             self.photometric.transform.set_random_seed(seed)
 
     def load(self, index: int, flipped: bool = False) -> dict[str, np.ndarray]:
-        """One sequence, raw (before encoding): images, telemetry, targets; flipped if asked."""
+        """One sequence, raw (before encoding): images, telemetry, targets, baseline; flipped if asked."""
         rows = self.sequences[index]
         order = np.argsort(rows)  # a sorted fancy index reads the memmap in file order
         images = np.empty((len(rows), *self.images.shape[1:]), self.images.dtype)
@@ -250,6 +259,8 @@ class SequenceDataset(Dataset):
         sample = {"rows": rows, "images": images, "telemetry": self.telemetry[rows].copy()}
         if self.targets is not None:
             sample["targets"] = self.targets[rows].astype(np.float32)
+        if self.baseline is not None:
+            sample["baseline"] = self.baseline[rows].astype(np.float32)
         if flipped and self.flip is not None:
             sample = self.flip(sample)
         return sample
@@ -271,6 +282,9 @@ class SequenceDataset(Dataset):
         }
         if self.extra is not None:
             out["extra"] = self.extra[sample["rows"]]
+        if "baseline" in sample:
+            out["baseline"] = sample["baseline"]
+            out["baseline_aux"] = aux_targets(sample["baseline"], self.spec).astype(np.float32)
         if "targets" in sample:
             out["targets"] = sample["targets"]
             out["aux"] = aux_targets(sample["targets"], self.spec).astype(np.float32)
@@ -286,7 +300,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "rows": torch.full((b, t), -1, dtype=torch.long),
         "flipped": torch.tensor([bool(item["flipped"]) for item in batch]),
     }
-    for key in ("images", "telemetry", "extra", "targets", "aux"):
+    for key in ("images", "telemetry", "extra", "baseline", "baseline_aux", "targets", "aux"):
         if key not in batch[0]:
             continue
         first = batch[0][key]

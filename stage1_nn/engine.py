@@ -29,12 +29,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def _inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor | None]:
     non_blocking = device.type == "cuda"
-    return {
-        "images": batch["images"].to(device, non_blocking=non_blocking),
-        "telemetry": batch["telemetry"].to(device, non_blocking=non_blocking),
-        "mask": batch["mask"].to(device, non_blocking=non_blocking),
-        "extra": batch["extra"].to(device, non_blocking=non_blocking) if "extra" in batch else None,
-    }
+    keys = ("images", "telemetry", "mask", "extra", "baseline", "baseline_aux")
+    return {k: batch[k].to(device, non_blocking=non_blocking) if k in batch else None for k in keys}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -142,8 +142,12 @@ class TrajectoryNet(nn.Module):
         return self.backbone(x)
 
     def forward(self, images: torch.Tensor, telemetry: torch.Tensor, mask: torch.Tensor,
-                extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                extra: torch.Tensor | None = None, baseline: torch.Tensor | None = None,
+                baseline_aux: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Padded batch (B, T, ...) + mask (B, T) -> flat outputs over real rows in mask order.
+
+        `baseline` (B, T, n_targets) and `baseline_aux` (B, T, n_aux), when given, are added to
+        the heads' outputs: the heads then predict the residual to that baseline.
 
         Returns
         -------
@@ -161,6 +165,10 @@ class TrajectoryNet(nn.Module):
         out = {"emb": emb, "main": self.main_head(hidden).float() * self.main_scale + self.main_shift}
         if self.aux_head is not None:
             out["aux"] = self.aux_head(hidden).float() * self.aux_scale + self.aux_shift
+        if baseline is not None:
+            out["main"] = out["main"] + baseline[mask].float()
+            if "aux" in out and baseline_aux is not None:
+                out["aux"] = out["aux"] + baseline_aux[mask].float()
         return out
 
     def _sequence(self, flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

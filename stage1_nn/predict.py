@@ -22,6 +22,7 @@ from .data import (
     frame_indices,
     make_sequences,
     raw_telemetry,
+    target_baseline,
 )
 from .distributed import DistEnv
 from .engine import merge_flip_tta, predict
@@ -58,7 +59,7 @@ def predict_checkpoint(path: str | Path, data_dir: str | Path | None = None, spl
         dataset = SequenceDataset(
             make_sequences(table_ids, spec, s1.mode), cache.images, raw_telemetry(table, spec),
             TelemetryEncoder.from_state(payload["encoder"]), spec, frame_indices(spec, s1.frames),
-            extra=extra, flip=FlipRules.from_spec(spec), flip_p=flip_p)
+            extra=extra, baseline=target_baseline(cfg, table), flip=FlipRules.from_spec(spec), flip_p=flip_p)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
         return predict(model, loader, env, None, spec)
 

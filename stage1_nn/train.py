@@ -40,6 +40,7 @@ from .data import (
     frame_indices,
     make_sequences,
     raw_telemetry,
+    target_baseline,
 )
 from .distributed import (
     DistEnv,
@@ -76,6 +77,8 @@ class Stage1Data:
     targets: np.ndarray
     train_extra: np.ndarray | None
     test_extra: np.ndarray | None
+    train_baseline: np.ndarray | None  # (rows, n_targets) with `stage1.baseline: physics`
+    test_baseline: np.ndarray | None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,9 +115,11 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     env = env or setup(cfg.stage1.device)
     torch.set_num_threads(cfg.stage1.threads or max(1, _cpu_count() // env.world))
     data = load_data(cfg, env)
-    # The VLM section joins the signature only when its features are used.
+    # The VLM section and the physics vehicle join the signature only when they are used.
     keys = CONFIG_KEYS + (("vlm",) if cfg.vlm.enabled else ())
     config = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    if cfg.stage1.baseline == "physics":
+        config["features"] = {"physics": cfg.features.physics.model_dump(mode="json")}
     inputs = {
         "train": file_hash(table_path(cfg.data_dir, cfg.dataset, "train")),
         "test": file_hash(table_path(cfg.data_dir, cfg.dataset, "test")),
@@ -173,6 +178,7 @@ def load_data(cfg: Config, env: DistEnv) -> Stage1Data:
         train_telemetry=raw_telemetry(train, spec), test_telemetry=raw_telemetry(test, spec),
         targets=train[spec.target_columns].to_numpy(np.float32),
         train_extra=extra[0], test_extra=extra[1],
+        train_baseline=target_baseline(cfg, train), test_baseline=target_baseline(cfg, test),
     )
 
 
@@ -243,6 +249,7 @@ class FoldInputs:
             data.train_telemetry if split == "train" else data.test_telemetry, self.encoder, spec,
             self.frames, targets=data.targets if split == "train" else None,
             extra=data.train_extra if split == "train" else data.test_extra,
+            baseline=data.train_baseline if split == "train" else data.test_baseline,
             flip=self.flip, flip_p=flip_p, photometric=self.photometric if augment else None,
             seed=self.seed * 1000 + env.rank)
 
@@ -296,7 +303,9 @@ def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -
     dims = inputs.dims()
     model = build_model(s1.model, dims, channels_last=s1.channels_last).to(env.device)
     if s1.loss.normalize_targets:
-        y = data.targets[train_rows]
+        y = data.targets[train_rows]  # with a baseline the heads predict (and are scaled to) residuals
+        if data.train_baseline is not None:
+            y = y - data.train_baseline[train_rows]
         a = aux_targets(y, spec)
         model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0) + 1e-6, np.nanmean(a, 0), np.nanstd(a, 0) + 1e-6)
     ema = build_ema(model, s1.ema)

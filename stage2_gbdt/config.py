@@ -30,6 +30,13 @@ class Stage2Config(StrictModel):
     executor: Literal["joblib", "ray"] = "joblib"
     # Ray cluster address for executor=ray (None: the running/local Ray).
     ray_address: str | None = None
+    # What each GBDT learns the residual to (its prediction is baseline + GBDT):
+    # none: the target itself; physics: the features.physics.residual_baseline forecast;
+    # stage1: the mean of the stage-1 runs' predictions (OOF for train rows, fold-mean for test;
+    # needs features.stage1); auto: stage1 when features.stage1 is on, else physics. Trees are
+    # piecewise constant: fitting a 0-90 m target directly wastes them on reproducing the
+    # speed, fitting the residual spends them on corrections.
+    target_baseline: Literal["none", "physics", "stage1", "auto"] = "auto"
     # Features shown in importance.png.
     importance_top: int = 30
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.base import BuildContext
 from features.build import FeatureTable, build_features, table_hash
-from features.physics import physics_baseline
+from features.stage1 import stage1_baseline
 from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
@@ -26,6 +27,7 @@ from trajstack.artifacts import ArtifactError, ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
 from trajstack.metrics import mae_report
+from trajstack.physics import physics_baseline
 from trajstack.registry import RegistryError
 from trajstack.tables import read_table
 
@@ -53,7 +55,7 @@ def parse_learners(values: list[str] | None, cfg: Config) -> list[str]:
 
 
 def prepare(cfg: Config, log: Log = print) -> Stage2Data:
-    """Folds, typed tables, feature table and (for residual mode) the physics baselines."""
+    """Folds, typed tables, feature table and the baselines of `stage2.target_baseline`."""
     spec = cfg.dataset
     folds = ensure_folds(cfg)
     train = read_table(cfg.data_dir, spec, "train")
@@ -61,10 +63,25 @@ def prepare(cfg: Config, log: Log = print) -> Stage2Data:
     features = build_features(cfg, folds, train, test, log=log)
     labels = train[[spec.id_column, *spec.target_columns]]
     data = Stage2Data(cfg, folds, features, labels)
-    if cfg.features.physics.target_mode == "residual":
+    baseline = target_baseline(cfg)
+    if baseline == "physics":
         data.baseline_train = physics_baseline(train, spec, cfg.features.physics)
         data.baseline_test = physics_baseline(test, spec, cfg.features.physics)
+    elif baseline == "stage1":
+        if not cfg.features.uses_stage1:
+            raise ConfigError("stage2.target_baseline=stage1 needs the stage-1 predictions, but "
+                              "features.stage1 is off: set stage2.target_baseline=physics (or none) "
+                              "for a stage 2 without stage 1")
+        # The same runs, folds and checks as the stage-1 features (so the feature hash covers them).
+        data.baseline_train, data.baseline_test = stage1_baseline(BuildContext(cfg, train, test, folds=folds))
     return data
+
+
+def target_baseline(cfg: Config) -> str:
+    """`stage2.target_baseline` with `auto` resolved: stage1 when its features are on, else physics."""
+    if cfg.stage2.target_baseline == "auto":
+        return "stage1" if cfg.features.uses_stage1 else "physics"
+    return cfg.stage2.target_baseline
 
 
 def fit_learner(data: Stage2Data, key: str, params: dict) -> CVResult:
@@ -108,8 +125,8 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = pr
     run.begin(force=force)
     ft = data.features
     run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
-            f"test rows, {data.folds.n_splits} folds, target_mode "
-            f"{cfg.features.physics.target_mode}")
+            f"test rows, {data.folds.n_splits} folds, target baseline "
+            f"{target_baseline(cfg)} (stage2.target_baseline={cfg.stage2.target_baseline})")
     result = fit_learner(data, key, params)
     oof, test = prediction_frames(data, result)
     run.write_parquet("oof.parquet", oof)

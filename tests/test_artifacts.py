@@ -64,6 +64,14 @@ def test_location_keys_do_not_change_signature(tmp_path):
     assert a.signature == b.signature
 
 
+def test_progress_bars_do_not_change_signature_but_settings_do(tmp_path):
+    store = ArtifactStore(tmp_path)
+    shown = _run(store, config={"stage1": {"epochs": 3, "progress": True}})
+    hidden = _run(store, config={"stage1": {"epochs": 3, "progress": False}})
+    longer = _run(store, config={"stage1": {"epochs": 4, "progress": False}})
+    assert shown.signature == hidden.signature != longer.signature
+
+
 def test_finished_run_with_other_config_is_not_overwritten(tmp_path):
     store = ArtifactStore(tmp_path)
     first = _run(store)

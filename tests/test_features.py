@@ -10,10 +10,10 @@ from dataset_factory import make_tiny_dataset
 
 from features.base import BUILDERS, BuildContext
 from features.build import build_features
-from features.physics import physics_baseline, physics_forecasts
 from features.scene_lags import scene_lag_features
 from features.traffic_lights import light_row
 from trajstack.config import ConfigError, load_config
+from trajstack.physics import physics_baseline, physics_forecasts
 from trajstack.registry import Registry, RegistryError
 from trajstack.tables import read_table, scene_and_time
 

@@ -22,6 +22,7 @@ from stage1_nn.data import (
     make_sequences,
     raw_telemetry,
     read_extra_vectors,
+    target_baseline,
 )
 from stage1_nn.model import ModelDims, build_model
 from trajstack.config import load_config
@@ -196,3 +197,37 @@ def test_pretrained_weights_come_from_a_local_file_only(tmp_path, monkeypatch):
         build_model(cfg.model_copy(update={"pretrained_file": None}), dims)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "nope.pth")}), dims)
+
+
+def test_physics_baseline_flips_like_the_targets_and_the_net_adds_it_back(tiny):
+    cfg, table, cache = tiny
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"baseline": "physics"})})
+    spec = cfg.dataset
+    baseline = target_baseline(cfg, table)
+    assert baseline.shape == (len(table), 18) and np.abs(baseline).max() > 1.0  # not a zero forecast
+    ds = make_dataset(cfg, table, cache, baseline=baseline)
+    # The flipped sample's baseline is the forecast of the mirrored drive (steering negated, blinkers
+    # swapped): training on flipped scenes teaches the same residual as on plain ones.
+    mirrored = table.copy()
+    for col in spec.flip.negate_columns:
+        mirrored[col] = -mirrored[col]
+    for a, b in spec.flip.swap_columns:
+        mirrored[[a, b]] = mirrored[[b, a]].to_numpy()
+    rows = ds.sequences[0]
+    flipped = ds.load(0, flipped=True)
+    np.testing.assert_allclose(flipped["baseline"], target_baseline(cfg, mirrored)[rows], atol=1e-5)
+    assert np.abs(flipped["baseline"][:, 1::3]).max() > 0  # the turn model moves sideways
+
+    # Heads that output 0 leave exactly the baseline (and its velocities/accelerations).
+    batch = collate([ds[i] for i in range(len(ds))])
+    dims = ModelDims(n_frames=len(spec.frames), channels=3, n_telemetry=ds.encoder.n_features,
+                     n_extra=0, n_targets=18, n_aux=27, aux_head=True)
+    model = build_model(cfg.stage1.model, dims).eval()
+    for head in (model.main_head, model.aux_head):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    with torch.no_grad():
+        out = model(**{k: batch[k] for k in ("images", "telemetry", "mask", "baseline", "baseline_aux")})
+    real_rows = batch["rows"][batch["mask"]].numpy()
+    np.testing.assert_allclose(out["main"].numpy(), baseline[real_rows], atol=1e-5)
+    np.testing.assert_allclose(out["aux"].numpy(), aux_targets(baseline[real_rows], spec), atol=1e-4)

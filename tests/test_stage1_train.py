@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from dataset_factory import make_tiny_dataset
 
 import stage1_nn.train as train_module
 from stage1_nn.data import aux_target_names
 from stage1_nn.predict import predict_checkpoint
+from trajstack.artifacts import ArtifactError
 from trajstack.config import load_config
 from trajstack.folds import load_folds
 
@@ -177,3 +179,20 @@ def test_other_switches_train_and_predict(trained):
     frame, _ = predict_checkpoint(run.dir / "fold0" / "model.pt", split="train", ids=oof["ID"].tolist())
     np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
                                atol=1e-5)
+
+
+def test_physics_baseline_run_reloads_and_records_its_vehicle(trained):
+    """`stage1.baseline=physics`: the checkpoint adds the same baseline back when it predicts, and
+    the vehicle model the baseline came from is part of the run's signature."""
+    root, data = trained["root"], trained["data"]
+    overrides = [*_overrides(data.root, root / "out", "tiny_physics"), "stage1.folds=[0]",
+                 "stage1.baseline=physics", "stage1.tta_flip=true"]
+    run = train_module.run_stage1(load_config("demo", overrides))
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["features"]["physics"]["wheelbase_m"] == 2.7
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    frame, _ = predict_checkpoint(run.dir / "fold0" / "model.pt", split="train", ids=oof["ID"].tolist())
+    np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
+                               atol=1e-5)
+    other_vehicle = load_config("demo", [*overrides, "features.physics.wheelbase_m=3.1"])
+    with pytest.raises(ArtifactError, match="another config"):
+        train_module.run_stage1(other_vehicle)

@@ -12,7 +12,7 @@ from test_features_stage1 import write_fake_stage1_run
 from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import LEARNERS, GBDTRegressor, create_learner
 from stage2_gbdt.params import params_file
-from stage2_gbdt.train import main, parse_learners
+from stage2_gbdt.train import main, parse_learners, target_baseline
 from trajstack.config import load_config
 from trajstack.folds import load_folds
 from trajstack.registry import RegistryError
@@ -199,3 +199,36 @@ def test_stage1_features_help_stage2(tiny, tmp_path):
         meta = yaml.safe_load((tmp_path / exp / "stage2" / "lightgbm" / "meta.json").read_text())
         maes[exp] = meta["scores"]["mae"]
     assert maes["s1"] < 0.5 * maes["tele"]
+
+
+def test_stage1_target_baseline_adds_the_stage1_predictions_back(tiny, tmp_path):
+    """`stage2.target_baseline=stage1`: each prediction is the stage-1 prediction (OOF for train,
+    fold-mean for test) plus the GBDT's residual. With trees that cannot split the residual is one
+    constant per (fold, target), so prediction - stage-1 prediction must be constant there."""
+    cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "experiment=s1b"])
+    run_dir = write_fake_stage1_run(cfg, noise=0.3)
+    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3"]
+    assert main(_args(tiny, tmp_path, "--exp", "s1b", "--learner", "lightgbm", "stage2.target_baseline=stage1",
+                      "features.builders=[telemetry, stage1]", *no_splits)) == 0
+    out = tmp_path / "s1b" / "stage2" / "lightgbm"
+    targets = cfg.dataset.target_columns
+    oof = pd.read_parquet(out / "oof.parquet").set_index("ID")
+    s1_oof = pd.read_parquet(run_dir / "oof.parquet").set_index("ID").loc[oof.index]
+    residual = oof[targets] - s1_oof[targets]
+    spread = residual.groupby(oof["fold"]).agg(lambda v: v.max() - v.min())
+    assert spread.to_numpy().max() < 1e-9
+    assert residual.abs().to_numpy().max() < 1.0  # the constant is a small correction, not the target
+    test = pd.read_parquet(out / "test.parquet").set_index("ID")
+    s1_test = pd.read_parquet(run_dir / "test.parquet").set_index("ID").loc[test.index]
+    test_residual = test[targets] - s1_test[targets]
+    assert (test_residual.max() - test_residual.min()).max() < 1e-9
+    assert "target baseline stage1" in (out / "log.txt").read_text()
+
+
+def test_target_baseline_auto_and_stage1_without_stage1(tiny, tmp_path, capsys):
+    on = load_config("demo", ["stage2.target_baseline=auto"])
+    assert target_baseline(on) == "stage1"
+    assert target_baseline(load_config("demo", ["stage2.target_baseline=auto", "features.stage1=false"])) == "physics"
+    assert main(_args(tiny, tmp_path, "--learner", "lightgbm", "features.stage1=false",
+                      "stage2.target_baseline=stage1")) == 2
+    assert "stage2.target_baseline=physics" in capsys.readouterr().err

@@ -32,6 +32,9 @@ from trajstack.io import (
 
 # Config keys that say where things are, not what is computed: they do not change a result.
 LOCATION_KEYS = ("experiment", "data_dir", "output_dir", "cache")
+# (section, key) pairs that only change what is shown: turning a progress bar off must not make
+# a finished run look like another one.
+DISPLAY_KEYS = (("stage1", "progress"), ("vlm", "progress"))
 VERSIONED_PACKAGES = (
     "trajstack", "numpy", "pandas", "polars", "scikit-learn", "torch", "timm", "lightgbm",
     "xgboost", "catboost",
@@ -57,8 +60,12 @@ def package_versions() -> dict[str, str]:
 
 
 def result_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that can change a result (paths dropped)."""
-    return {k: v for k, v in config.items() if k not in LOCATION_KEYS}
+    """The part of a resolved config that can change a result (paths and display switches dropped)."""
+    kept = {k: v for k, v in config.items() if k not in LOCATION_KEYS}
+    for section, key in DISPLAY_KEYS:
+        if isinstance(kept.get(section), dict) and key in kept[section]:
+            kept[section] = {k: v for k, v in kept[section].items() if k != key}
+    return kept
 
 
 @dataclass

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, ConfigError, load_config
 
 # command -> (module with main(argv), one-line help)
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.main(rest) or 0)
-    except ConfigError as err:
+    except (ConfigError, ArtifactError) as err:
+        # A config mistake, or a finished run / input that does not match: say it and stop.
         print(f"trajstack {command}: {err}", file=sys.stderr)
         return 2
