@@ -16,6 +16,7 @@ import pandas as pd
 
 from stage2_gbdt.learners import create_learner
 from stage2_gbdt.parallel import SharedArrays, ray_session, run_tasks
+from stage2_gbdt.resume import FitStore
 
 
 @dataclass
@@ -89,6 +90,7 @@ def cross_validate(
     device: str = "cpu",
     executor: str = "joblib",
     ray_address: str | None = None,
+    resume: FitStore | None = None,
 ) -> CVResult:
     """Fit one `learner_key` model per target per fold; return OOF and fold-mean test predictions.
 
@@ -102,6 +104,7 @@ def cross_validate(
     baseline_train, baseline_test : optional (n, n_targets) baselines; the learners then fit
         Y - baseline and the baseline is added back to every prediction (residual mode).
     n_jobs, executor : parallel (target, fold) fits through joblib processes or Ray.
+    resume : where finished fits are saved as they return and loaded from on a rerun.
     """
     columns = list(X_train.columns)
     X, Xt, cats = encode_features(X_train, X_test, columns)
@@ -113,20 +116,25 @@ def cross_validate(
     learner_kwargs = {"params": params, "categorical_features": cats,
                       "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
                       "n_threads": threads_per_fit, "device": device}
-    tasks_of = [(t, f) for t in range(Y.shape[1]) for f in fold_ids]
+    all_tasks = [(t, f) for t in range(Y.shape[1]) for f in fold_ids]
+    done = [r for r in (resume.load(t, f) for t, f in all_tasks) if r is not None] if resume else []
+    finished = {(r["target"], r["fold"]) for r in done}
+    tasks_of = [task for task in all_tasks if task not in finished]
 
     def execute() -> list[dict[str, Any]]:
         shared = SharedArrays({"X": X, "X_test": Xt, "Y": Y - base_train,
                                "folds": np.asarray(folds)}, use_ray=executor == "ray")
         tasks = [(shared, t, f, learner_key, learner_kwargs) for t, f in tasks_of]
         return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
-                         desc=f"{learner_key} fits")
+                         desc=f"{learner_key} fits", on_result=resume.save if resume else None)
 
-    if executor == "ray":
+    if not tasks_of:
+        results = done
+    elif executor == "ray":
         with ray_session(ray_address, n_jobs):
-            results = execute()
+            results = done + execute()
     else:
-        results = execute()
+        results = done + execute()
 
     oof = np.full(Y.shape, np.nan)
     test = np.zeros((len(Xt), Y.shape[1]))

@@ -57,7 +57,8 @@ def ray_session(address: str | None, n_jobs: int) -> Iterator[None]:
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int = 1,
-              executor: str = "joblib", desc: str = "fits") -> list[Any]:
+              executor: str = "joblib", desc: str = "fits",
+              on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """`[fn(*task) for task in tasks]`, in task order, in parallel.
 
     Parameters
@@ -67,13 +68,16 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int = 1,
     n_jobs : parallel workers (1: in this process, no pool).
     executor : "joblib" (loky processes) or "ray" (joblib's Ray backend; call inside
         `ray_session`).
+    on_result : called with each result as it arrives (to save it before the others finish).
     """
+    on_result = on_result or (lambda result: None)
     progress = tqdm(total=len(tasks), desc=desc, leave=False, disable=None)
     try:
         if n_jobs == 1 and executor == "joblib":
             results = []
             for task in tasks:
                 results.append(fn(*task))
+                on_result(results[-1])
                 progress.update()
             return results
         backend = "ray" if executor == "ray" else "loky"
@@ -84,6 +88,7 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], n_jobs: int = 1,
             results = []
             for result in parallel(joblib.delayed(fn)(*task) for task in tasks):
                 results.append(result)
+                on_result(result)
                 progress.update()
             return results
     finally:

@@ -23,6 +23,7 @@ from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
 from stage2_gbdt.params import learner_params, run_config
+from stage2_gbdt.resume import FitStore
 from trajstack.artifacts import ArtifactError, ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
@@ -84,8 +85,8 @@ def target_baseline(cfg: Config) -> str:
     return cfg.stage2.target_baseline
 
 
-def fit_learner(data: Stage2Data, key: str, params: dict) -> CVResult:
-    """Cross-validate learner `key` with `params` on the prepared data."""
+def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | None = None) -> CVResult:
+    """Cross-validate learner `key` with `params` on the prepared data (resuming from `resume`)."""
     cfg, s2 = data.cfg, data.cfg.stage2
     ft = data.features
     return cross_validate(
@@ -94,7 +95,7 @@ def fit_learner(data: Stage2Data, key: str, params: dict) -> CVResult:
         target_names=cfg.dataset.target_columns, baseline_train=data.baseline_train,
         baseline_test=data.baseline_test, early_stopping_rounds=s2.early_stopping_rounds,
         seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
-        executor=s2.executor, ray_address=s2.ray_address,
+        executor=s2.executor, ray_address=s2.ray_address, resume=resume,
     )
 
 
@@ -127,7 +128,10 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = pr
     run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
             f"test rows, {data.folds.n_splits} folds, target baseline "
             f"{target_baseline(cfg)} (stage2.target_baseline={cfg.stage2.target_baseline})")
-    result = fit_learner(data, key, params)
+    fits = FitStore(run.path("fits"), run.signature)  # an interrupted run keeps its finished fits
+    if force:
+        fits.clear()
+    result = fit_learner(data, key, params, resume=fits)
     oof, test = prediction_frames(data, result)
     run.write_parquet("oof.parquet", oof)
     run.write_parquet("test.parquet", test)

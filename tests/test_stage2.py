@@ -10,8 +10,9 @@ from sklearn.base import clone
 from test_features_stage1 import write_fake_stage1_run
 
 from stage2_gbdt.cv import cross_validate, encode_features
-from stage2_gbdt.learners import LEARNERS, GBDTRegressor, create_learner
+from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, create_learner
 from stage2_gbdt.params import params_file
+from stage2_gbdt.resume import FitStore
 from stage2_gbdt.train import main, parse_learners, target_baseline
 from trajstack.config import load_config
 from trajstack.folds import load_folds
@@ -140,6 +141,39 @@ def test_oof_rows_and_folds_match_folds_csv(tiny, tmp_path):
     assert oof["ID"].is_unique and len(oof) == len(tiny.train_ids)
     assert (oof["fold"].to_numpy() == folds.fold_of(oof["ID"])).all()
     assert np.isfinite(oof.iloc[:, 2:].to_numpy()).all()
+    fits = list((tmp_path / "demo" / "stage2" / "lightgbm" / "fits").glob("*.npz"))
+    assert len(fits) == 18 * 3  # every (target, fold) fit saved for a resume
+
+
+class PowerCut(LightGBMRegressor):
+    """LightGBM that counts its fits and fails on the `fail_at`-th one (None: never)."""
+
+    fits = 0
+    fail_at = None
+
+    def fit(self, X, y, eval_set=None):
+        PowerCut.fits += 1
+        if PowerCut.fits == PowerCut.fail_at:
+            raise RuntimeError("power cut")
+        return super().fit(X, y, eval_set=eval_set)
+
+
+def test_an_interrupted_learner_resumes_with_only_the_missing_fits(monkeypatch, tmp_path):
+    monkeypatch.setitem(LEARNERS._entries, "powercut", PowerCut)
+    store = FitStore(tmp_path / "fits", signature="abc")
+    monkeypatch.setattr(PowerCut, "fail_at", 6)
+    with pytest.raises(RuntimeError, match="power cut"):
+        cv("powercut", SMALL["lightgbm"], resume=store)
+    assert len(list(store.folder.glob("*.npz"))) == 5  # the 5 fits that returned, of 2 x 4
+    monkeypatch.setattr(PowerCut, "fits", 0)
+    monkeypatch.setattr(PowerCut, "fail_at", None)
+    resumed = cv("powercut", SMALL["lightgbm"], resume=store)
+    assert PowerCut.fits == 3  # only the missing ones
+    uninterrupted = cv("lightgbm")
+    np.testing.assert_array_equal(resumed.oof, uninterrupted.oof)
+    np.testing.assert_array_equal(resumed.test, uninterrupted.test)
+    pd.testing.assert_frame_equal(resumed.importance, uninterrupted.importance)
+    assert FitStore(store.folder, signature="other").load(0, 0) is None  # another run's fits are not used
 
 
 def test_fixed_seed_is_deterministic_across_processes():
