@@ -126,20 +126,31 @@ def embedding_pca(run: RunResult, oof: pd.DataFrame, test_ids: pd.Series, spec: 
     return train, test_sum / len(folds)
 
 
-def run_features(run: RunResult, ctx: BuildContext, prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Features of one stage-1 run for (train, test), rows in the tables' order."""
-    spec, cfg = ctx.spec, ctx.cfg.features.stage1
+def run_predictions(run: RunResult, ctx: BuildContext
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A run's oof/test tables as written, and aligned to the tables' rows (checked: every ID
+    once, the targets present, the folds of folds.csv)."""
+    spec = ctx.spec
     id_col = spec.id_column
     oof, test = run.oof(), run.test()
     missing = [c for c in spec.target_columns if c not in oof.columns or c not in test.columns]
     if missing:
         raise ArtifactError(f"{run.dir}: oof/test.parquet lack the prediction columns {missing}")
-    train_ids, test_ids = ctx.train[id_col], ctx.test[id_col]
+    train_ids = ctx.train[id_col]
     oof_rows = _aligned(oof, train_ids, id_col, f"{run.dir}/oof.parquet")
     if ctx.folds is not None and not np.array_equal(
             oof_rows["fold"].to_numpy(int), ctx.folds.fold_of(train_ids)):
         raise ArtifactError(f"{run.dir}/oof.parquet assigns folds that differ from folds.csv")
-    test_rows = _aligned(test, test_ids, id_col, f"{run.dir}/test.parquet")
+    test_rows = _aligned(test, ctx.test[id_col], id_col, f"{run.dir}/test.parquet")
+    return oof, test, oof_rows, test_rows
+
+
+def run_features(run: RunResult, ctx: BuildContext, prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features of one stage-1 run for (train, test), rows in the tables' order."""
+    spec, cfg = ctx.spec, ctx.cfg.features.stage1
+    id_col = spec.id_column
+    oof, test, oof_rows, test_rows = run_predictions(run, ctx)
+    train_ids, test_ids = ctx.train[id_col], ctx.test[id_col]
     columns = [c for c in oof.columns if c not in (id_col, "fold") and c in test.columns]
     if not cfg.aux:
         columns = list(spec.target_columns)
@@ -168,7 +179,8 @@ def stage1_baseline(ctx: BuildContext) -> tuple[np.ndarray, np.ndarray]:
             np.zeros((len(ctx.test), len(spec.target_columns)))]
     runs = stage1_runs(ctx)
     for run in runs:
-        train, test = run_features(run, ctx, prefix="")
+        # Only the aligned predictions: no derived features or embedding PCA to rebuild.
+        *_, train, test = run_predictions(run, ctx)
         for total, frame in zip(sums, (train, test), strict=True):
             total += frame[spec.target_columns].to_numpy(float)
     return sums[0] / len(runs), sums[1] / len(runs)
