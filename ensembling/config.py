@@ -17,6 +17,8 @@ class CaruanaConfig(StrictModel):
     ensemble_size: int = Field(50, ge=1)
     # True: one selection per target column; False: one selection shared by all targets.
     per_target: bool = True
+    # Keep the picks only up to the step with the best fit score (AutoGluon's use_best).
+    use_best: bool = True
 
 
 class BlendConfig(StrictModel):

@@ -120,18 +120,23 @@ class CaruanaBlend(BlendOptimizer):
     """Greedy ensemble selection with replacement (Caruana et al. 2004, as in AutoGluon).
 
     Start empty; at each of `ensemble_size` steps add the model whose inclusion gives the
-    lowest MAE of the running average; weights are pick counts over picks. Ties go to the
-    lower model index, so the result is deterministic.
+    lowest MAE of the running average; weights are pick counts over picks. A tie goes to a
+    model already picked (the most-picked one; the ensemble then stays small), then to the
+    lower model index, so the result is deterministic. With `use_best` the picks are kept
+    only up to the step with the lowest MAE (the earliest such step): later picks that made
+    the fit worse are dropped, as AutoGluon's `use_best` does.
 
     Parameters
     ----------
     ensemble_size : number of picks.
     per_target : select per target column (True) or once on the MAE over all targets.
+    use_best : truncate the picks at the best-scoring step (True) or keep all of them.
     """
 
-    def __init__(self, ensemble_size: int = 50, per_target: bool = True):
+    def __init__(self, ensemble_size: int = 50, per_target: bool = True, use_best: bool = True):
         self.ensemble_size = ensemble_size
         self.per_target = per_target
+        self.use_best = use_best
 
     def _fit_weights(self, preds: np.ndarray, y: np.ndarray) -> np.ndarray:
         if self.per_target:
@@ -141,12 +146,18 @@ class CaruanaBlend(BlendOptimizer):
         return np.repeat(counts[:, None], y.shape[1], axis=1)
 
     def _select(self, preds: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Pick counts per model, (n_models,), truncated at the best step when `use_best`."""
         counts = np.zeros(preds.shape[0])
         running = np.zeros_like(y)
+        picks, scores = [], []
         for step in range(1, self.ensemble_size + 1):
             candidates = (running[None] + preds) / step  # average after adding each model
             errors = np.abs(candidates - y[None]).mean(axis=(1, 2))
-            best = int(np.argmin(errors))
+            tied = np.flatnonzero(np.isclose(errors, errors.min(), rtol=1e-12, atol=0.0))
+            best = int(tied[np.argmax(counts[tied])])  # argmax: first of the most-picked
             counts[best] += 1
             running = running + preds[best]
-        return counts
+            picks.append(best)
+            scores.append(float(errors[best]))
+        keep = int(np.argmin(scores)) + 1 if self.use_best else len(picks)
+        return np.bincount(picks[:keep], minlength=preds.shape[0]).astype(float)

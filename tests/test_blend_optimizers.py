@@ -60,9 +60,31 @@ def test_caruana_picks_a_perfect_model_every_time():
 
 def test_caruana_global_shares_one_weight_vector_and_counts_picks():
     preds, y = _stack(seed=4)
-    weights = create_optimizer("caruana", ensemble_size=8, per_target=False).fit(preds, y).weights_
+    weights = create_optimizer("caruana", ensemble_size=8, per_target=False,
+                               use_best=False).fit(preds, y).weights_
     assert np.all(weights == weights[:, :1])
     np.testing.assert_allclose(weights * 8, np.round(weights * 8))  # multiples of 1/size
+
+
+def test_caruana_keeps_picks_only_up_to_its_best_score():
+    # Errors +1 and -1: the pair averages to the labels (MAE 0 at step 2); a third pick of
+    # either model makes the fit worse again (MAE 1/3), so use_best stops at two picks.
+    y = np.zeros((50, 2))
+    preds = np.stack([y + 1.0, y - 1.0])
+    truncated = create_optimizer("caruana", ensemble_size=3).fit(preds, y)
+    np.testing.assert_allclose(truncated.weights_, 0.5)
+    np.testing.assert_allclose(np.abs(truncated.predict(preds) - y).mean(), 0.0)
+    full = create_optimizer("caruana", ensemble_size=3, use_best=False).fit(preds, y).weights_
+    np.testing.assert_allclose(full[:, 0], [2 / 3, 1 / 3])
+
+
+def test_caruana_tie_goes_to_a_model_already_picked():
+    # Step 1 picks model 2 alone (MAE 1). At step 2, adding model 0 or model 2 again both
+    # give MAE 1.0: the tie must go to model 2 (already in), not to the lower index 0.
+    y = np.zeros((2, 1))
+    preds = np.array([[[2.0], [2.0]], [[3.0], [3.0]], [[1.0], [-1.0]]])
+    weights = create_optimizer("caruana", ensemble_size=2, use_best=False).fit(preds, y).weights_
+    np.testing.assert_allclose(weights[:, 0], [0.0, 0.0, 1.0])
 
 
 def test_caruana_no_worse_than_best_single_model_on_fit_rows():
