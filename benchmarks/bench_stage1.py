@@ -65,7 +65,7 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
     if s1.compile:
         model.backbone.compile()
     optimizer = build_optimizer(model, s1.optim)
-    scheduler = build_scheduler(optimizer, 10 * n, 0, s1.optim.min_lr_ratio)
+    scheduler = build_scheduler(optimizer, 10 * n, 0, s1.optim)
     amp = _amp_dtype(s1.precision, env.device)
     train_one_epoch(model, cached[:warmup], optimizer, scheduler, ema, s1, env, amp, 0, "warmup")
     stats, _ = train_one_epoch(model, cached[warmup:], optimizer, scheduler, ema, s1, env, amp, warmup, "bench")

@@ -62,12 +62,29 @@ class LossConfig(StrictModel):
     normalize_targets: bool = False
 
 
+class SamConfig(StrictModel):
+    # Sharpness-aware minimisation (Foret et al. 2021) around a base optimiser key.
+    base: str = "adamw"
+    rho: float = Field(0.05, gt=0)  # radius of the weight perturbation
+    adaptive: bool = False  # ASAM: the radius scales with each weight's magnitude
+
+
 class OptimConfig(StrictModel):
+    # Optimiser key of `stage1_nn.optim.OPTIMIZERS`: adamw | sgd | sam | muon.
+    name: str = "adamw"
     lr: float = 1e-3  # telemetry, LSTM, heads
     backbone_lr: float = 2e-4
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw (and sam around adamw)
+    eps: float = 1e-8
+    momentum: float | None = None  # sgd (nesterov) and muon; None: 0.9 for sgd, 0.95 for muon
+    sam: SamConfig = SamConfig()
+    # Schedule key of `stage1_nn.optim.SCHEDULES`: cosine (warmup + cosine) | hold (warmup,
+    # hold at the peak, linear cool-down over the last `cooldown_fraction` of the steps).
+    schedule: str = "cosine"
     warmup_epochs: float = 0.5
-    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    cooldown_fraction: float = Field(0.2, ge=0, le=1)
+    min_lr_ratio: float = 0.01  # the schedule ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max grad norm; 0 disables clipping
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -38,6 +39,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _loss_and_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
+                        inputs: dict[str, torch.Tensor | None], targets: torch.Tensor, aux: torch.Tensor,
+                        cfg: Stage1Config, core: nn.Module, env: DistEnv, amp_dtype: torch.dtype | None
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, float]]:
+    """Forward, loss, backward and gradient clipping on one batch (SAM runs it twice a step)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(env.device, amp_dtype):
+        out = model(**inputs)
+    loss, parts = stage1_loss(out, targets, aux, cfg.loss, core.main_scale, core.aux_scale)
+    loss.backward()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    return out, loss, parts
+
+
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, ema: Any, cfg: Stage1Config, env: DistEnv,
                     amp_dtype: torch.dtype | None, step: int, desc: str) -> tuple[dict[str, float], int]:
@@ -54,14 +70,13 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         mask = inputs["mask"]
         targets = batch["targets"].to(env.device)[mask]
         aux = batch["aux"].to(env.device)[mask]
-        with autocast(env.device, amp_dtype):
-            out = model(**inputs)
-        loss, parts = stage1_loss(out, targets, aux, cfg.loss, core.main_scale, core.aux_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        step_batch = functools.partial(_loss_and_gradients, model, optimizer, inputs, targets, aux,
+                                       cfg, core, env, amp_dtype)
+        out, loss, parts = step_batch()
+        if getattr(optimizer, "needs_closure", False):
+            optimizer.step(step_batch)  # SAM: a second pass at the perturbed weights
+        else:
+            optimizer.step()
         scheduler.step()
         step += 1
         if ema is not None:

@@ -319,7 +319,7 @@ def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -
     optimizer = build_optimizer(model, s1.optim)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = build_scheduler(optimizer, steps_per_epoch * s1.epochs,
-                                int(round(s1.optim.warmup_epochs * steps_per_epoch)), s1.optim.min_lr_ratio)
+                                int(round(s1.optim.warmup_epochs * steps_per_epoch)), s1.optim)
 
     # loop
     y_valid = data.targets
