@@ -18,6 +18,7 @@ from stage1_nn.data import (
     aux_target_names,
     aux_targets,
     collate,
+    extra_vectors,
     frame_indices,
     make_sequences,
     raw_telemetry,
@@ -25,7 +26,7 @@ from stage1_nn.data import (
     target_baseline,
 )
 from stage1_nn.model import ModelDims, build_model
-from trajstack.config import load_config
+from trajstack.config import ConfigError, load_config
 from trajstack.image_cache import build_or_open_cache
 from trajstack.tables import read_table
 
@@ -147,6 +148,27 @@ def test_vlm_features_align_to_ids(tmp_path):
     np.testing.assert_array_equal(values, [[1, 10], [0, 20], [3, 30]])
     with pytest.raises(ValueError, match="d_20"):
         read_extra_vectors(path, [*ids, "d_20"], "ID")
+
+
+def test_extra_vectors_are_refused_under_flips(tiny, tmp_path):
+    # The vectors describe the unmirrored row and none exist for mirrored rows: a flipped sample
+    # would carry a contradicting vector, so the combination is refused, naming the keys.
+    cfg, table, _ = tiny
+    ids = table["ID"].to_numpy(str)
+    path = tmp_path / "extra.parquet"
+    pd.DataFrame({"ID": ids, "f0": np.arange(len(ids), dtype=float)}).to_parquet(path)
+    base = [f"data_dir={cfg.data_dir}", f"output_dir={cfg.output_dir}", *TINY]
+    for source in (f"stage1.model.vlm.features={path}", "vlm.enabled=true"):
+        for flips, named in ((["stage1.augment.flip_p=0.5"], r"stage1\.augment\.flip_p=0\.5"),
+                             (["stage1.augment.flip_p=0", "stage1.tta_flip=true"], r"stage1\.tta_flip=true")):
+            flipping = load_config("demo", [*base, source, *flips])
+            with pytest.raises(ConfigError, match=rf"{source.split('=')[0]}.*{named}.*flip_p=0.*tta_flip=false"):
+                extra_vectors(flipping, "train", ids)
+    plain = load_config("demo", [*base, f"stage1.model.vlm.features={path}", "stage1.augment.flip_p=0",
+                                 "stage1.tta_flip=false"])
+    np.testing.assert_array_equal(extra_vectors(plain, "train", ids)[:, 0], np.arange(len(ids)))
+    # Flips without extra vectors stay allowed.
+    assert extra_vectors(load_config("demo", [*base, "stage1.tta_flip=true"]), "train", ids) is None
 
 
 def test_gpu_config_composes_the_full_recipe():
