@@ -253,3 +253,23 @@ def test_physics_baseline_flips_like_the_targets_and_the_net_adds_it_back(tiny):
     real_rows = batch["rows"][batch["mask"]].numpy()
     np.testing.assert_allclose(out["main"].numpy(), baseline[real_rows], atol=1e-5)
     np.testing.assert_allclose(out["aux"].numpy(), aux_targets(baseline[real_rows], spec), atol=1e-4)
+
+
+def test_loss_leaves_out_missing_labels():
+    # Rows without labels (NaN) add nothing to the loss or its gradient: the loss over a batch
+    # with them equals the loss over the labelled rows alone.
+    from stage1_nn.config import LossConfig
+    from stage1_nn.losses import stage1_loss
+
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(4, 18, generator=gen, requires_grad=True)
+    aux_pred = torch.randn(4, 27, generator=gen)
+    targets, aux = torch.randn(4, 18, generator=gen), torch.randn(4, 27, generator=gen)
+    targets[2:] = float("nan")
+    aux[2:] = float("nan")
+    cfg = LossConfig()
+    loss, _ = stage1_loss({"main": pred, "aux": aux_pred}, targets, aux, cfg)
+    labelled, _ = stage1_loss({"main": pred[:2], "aux": aux_pred[:2]}, targets[:2], aux[:2], cfg)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(labelled.item())
+    loss.backward()
+    assert torch.all(pred.grad[2:] == 0) and torch.any(pred.grad[:2] != 0)
