@@ -116,7 +116,8 @@ def test_photometric_same_params_for_all_frames(tiny):
     np.testing.assert_array_equal(out[0], out[2])
 
 
-@pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False)])
+@pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False),
+                                           ("row", False, True)])
 def test_model_output_shapes(tiny, mode, lstm, vlm):
     cfg, table, cache = tiny
     spec = cfg.dataset
@@ -136,8 +137,16 @@ def test_model_output_shapes(tiny, mode, lstm, vlm):
         out = model(batch["images"], batch["telemetry"], batch["mask"], batch.get("extra"))
     assert out["main"].shape == (n_rows, 18)
     assert out["aux"].shape == (n_rows, 27)
-    assert out["emb"].shape == (n_rows, model.embedding_dim)
-    assert model.embedding_dim == (2 * model_cfg.lstm.hidden if lstm else model.embedding_dim)
+    # The embedding is the LSTM's output, or without the LSTM the fused inputs side by side:
+    # the backbone's features, the telemetry projection and the extra projection.
+    if lstm:
+        width = model_cfg.lstm.hidden * (2 if model_cfg.lstm.bidirectional else 1)
+    else:
+        with torch.no_grad():
+            image_width = model.image_features(batch["images"][batch["mask"]]).shape[1]
+        width = image_width + model_cfg.telemetry.width + (model_cfg.vlm.width if vlm else 0)
+    assert out["emb"].shape == (n_rows, width)
+    assert model.embedding_dim == width
 
 
 def test_vlm_features_align_to_ids(tmp_path):
