@@ -60,9 +60,6 @@ class Stage1FeatureConfig(StrictModel):
     aux: bool = True
     # Velocities / accelerations / headings derived from the 18 predictions.
     derived: bool = True
-    # PCA components of the embeddings per stage-1 network (0: off; see features/stage1.py
-    # for why this is approximate and off by default).
-    pca_components: int = 0
 
 
 class FeaturesConfig(StrictModel):

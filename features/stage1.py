@@ -2,21 +2,17 @@
 
 Read from finished runs in `outputs/<exp>/stage1/<run>/` through the artifact store, refusing
 runs built on other folds (FoldMismatchError). Per run: the 18 target predictions, optionally
-the 27 auxiliary ones, velocities / accelerations derived from the 18 by finite differences,
-and optionally PCA components of the embeddings.
+the 27 auxiliary ones, and velocities / accelerations derived from the 18 by finite differences.
 
-Embeddings and PCA, thought through. Each fold's network has its own embedding basis: a train
-row's OOF embedding comes from the network that held its fold out, and test rows have one
-embedding per network (`fold<k>/test_emb.npy`). A PCA fit on all OOF embeddings mixes K
-unrelated bases, and applying it to the fold-mean of the test embeddings averages coordinates
-that mean different things in each network: both are wrong. What `pca_components > 0` does:
-for each network k, fit a PCA on its own OOF rows (fold k) only, project those rows and its own
-test embeddings with it, then orient each component so that its linear description in terms of
-the network's 18 predictions (which live in one shared, physical basis) agrees in sign with
-network 0's; the test feature is the mean over networks of these oriented projections (like
-the fold-mean of the predictions). This fixes the arbitrary sign of each component, but not
-rotations among components of similar variance, so it is still approximate: it is off by
-default. The predictions themselves carry the networks' knowledge in a basis-free form.
+No embedding features, on purpose. Each fold's network has its own embedding basis: a train
+row's OOF embedding comes from the network that held its fold out, a test row has one embedding
+per network. Any projection of them (PCA per network, oriented by sign or not) gives a column
+whose meaning differs from row to row in train (K networks' unrelated components side by
+side, which stage 2's fold models then mix) and whose test value is an average of K
+different quantities: train and test never mean the same thing. The option
+(`features.stage1.pca_components`) was removed for that reason; the predictions carry the
+networks' knowledge in a shared, physical basis, and `oof_emb.npy` / `fold<k>/test_emb.npy`
+stay available for analysis.
 """
 
 from __future__ import annotations
@@ -93,39 +89,6 @@ def derived_motion(pred: np.ndarray, spec: DatasetSpec) -> dict[str, np.ndarray]
     return out
 
 
-def embedding_pca(run: RunResult, oof: pd.DataFrame, test_ids: pd.Series, spec: DatasetSpec,
-                  n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) PCA components per network, oriented and test-averaged (module docstring).
-
-    `oof` is the run's oof.parquet in its own row order (aligned with oof_emb.npy).
-    """
-    from sklearn.decomposition import PCA  # only when asked for: sklearn is slow to import
-
-    emb = np.load(run.dir / "oof_emb.npy")
-    preds = oof[spec.target_columns].to_numpy(float)
-    train = np.full((len(oof), n_components), np.nan)
-    test_sum, reference = np.zeros((len(test_ids), n_components)), None
-    folds = sorted(oof["fold"].unique())
-    for k in folds:
-        rows = (oof["fold"] == k).to_numpy()
-        pca = PCA(n_components=n_components, random_state=0).fit(emb[rows])
-        own = pca.transform(emb[rows])
-        # Describe each component by its regression on the (standardised) predictions.
-        z = (preds[rows] - preds[rows].mean(0)) / (preds[rows].std(0) + 1e-12)
-        coef = np.linalg.lstsq(z, own - own.mean(0), rcond=None)[0]  # (n_targets, n_comp)
-        if reference is None:
-            reference = coef
-        sign = np.where((coef * reference).sum(0) < 0, -1.0, 1.0)
-        train[rows] = own * sign
-        fold_dir = run.dir / f"fold{k}"
-        test_emb = np.load(fold_dir / "test_emb.npy")
-        order = (pd.read_parquet(fold_dir / "test.parquet")[spec.id_column]
-                 if (fold_dir / "test.parquet").exists() else run.test()[spec.id_column])
-        projected = pd.DataFrame(pca.transform(test_emb) * sign, index=order.to_numpy())
-        test_sum += projected.reindex(test_ids.to_numpy()).to_numpy()
-    return train, test_sum / len(folds)
-
-
 def run_predictions(run: RunResult, ctx: BuildContext
                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """A run's oof/test tables as written, and aligned to the tables' rows (checked: every ID
@@ -161,13 +124,6 @@ def run_features(run: RunResult, ctx: BuildContext, prefix: str) -> tuple[pd.Dat
             values |= derived_motion(rows[spec.target_columns].to_numpy(float), spec)
         frame = pd.DataFrame({f"{prefix}{k}": v for k, v in values.items()})
         parts.append(pd.concat([pd.DataFrame({id_col: ids.to_numpy()}), frame], axis=1))
-    if cfg.pca_components > 0:
-        train_pca, test_pca = embedding_pca(run, oof, test_ids, spec, cfg.pca_components)
-        position = pd.Series(np.arange(len(oof)), index=oof[id_col].to_numpy())
-        train_pca = train_pca[position.reindex(train_ids.to_numpy()).to_numpy(int)]
-        for j in range(cfg.pca_components):
-            parts[0][f"{prefix}emb_pc{j}"] = train_pca[:, j]
-            parts[1][f"{prefix}emb_pc{j}"] = test_pca[:, j]
     return parts[0], parts[1]
 
 

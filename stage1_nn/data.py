@@ -164,8 +164,10 @@ def extra_vectors(cfg: Config, split: str, ids: Sequence[str]) -> np.ndarray | N
     """The extra per-row vector the model fuses, in `ids` order, or None when there is none.
 
     The cached VLM features when `vlm.enabled` (refusing a cache of other IDs, model or
-    prompt), else the parquet at `stage1.model.vlm.features` when set.
+    prompt), else the parquet at `stage1.model.vlm.features` when set. Either is refused with
+    flips on (`refuse_unflipped_extra`).
     """
+    refuse_unflipped_extra(cfg)
     if cfg.vlm.enabled:
         from stage1_nn.vlm.features import load_vlm_features
 
@@ -173,6 +175,26 @@ def extra_vectors(cfg: Config, split: str, ids: Sequence[str]) -> np.ndarray | N
     if cfg.stage1.model.vlm.features:
         return read_extra_vectors(cfg.stage1.model.vlm.features, ids, cfg.dataset.id_column)
     return None
+
+
+def refuse_unflipped_extra(cfg: Config) -> None:
+    """Refuse extra vectors together with flip augmentation or flip TTA.
+
+    The vectors describe the unmirrored row (the VLM saw the original frames and read "left"
+    where a mirrored row says "right"), and no mirrored version of them exists: a flipped
+    sample would carry a vector that contradicts its own frames, telemetry and targets.
+    """
+    source = ("vlm.enabled=true" if cfg.vlm.enabled else
+              f"stage1.model.vlm.features={cfg.stage1.model.vlm.features}"
+              if cfg.stage1.model.vlm.features else None)
+    flips = [f"stage1.augment.flip_p={cfg.stage1.augment.flip_p}"] * (cfg.stage1.augment.flip_p > 0)
+    flips += ["stage1.tta_flip=true"] * cfg.stage1.tta_flip
+    if source is not None and flips:
+        raise ConfigError(
+            f"{source} with {' and '.join(flips)}: the extra vectors describe the unmirrored "
+            "frames and telemetry, and there are none of mirrored rows, so flipped samples would "
+            "get vectors that contradict them; set stage1.augment.flip_p=0 and "
+            "stage1.tta_flip=false to use the vectors, or drop the vectors to keep the flips")
 
 
 def target_baseline(cfg: Config, table: pd.DataFrame) -> np.ndarray | None:

@@ -96,6 +96,32 @@ def test_physics_forecasts_follow_kinematics(tiny, tmp_path):
     assert np.all(f["constant_turn_rate"][:, 2::3] == 0.0)  # z: up, forecast 0
 
 
+def test_physics_forecast_never_backs_the_car_up(tiny, tmp_path):
+    # A car in a forward gear that stands (or reads slightly negative speed) while braking stays
+    # put; one that brakes to a stop stays stopped. The forecasts read no gear: a row in reverse
+    # follows the same rule (trajstack/physics.py docstring).
+    cfg = _cfg(tiny, tmp_path)
+    spec, phys = cfg.dataset, cfg.features.physics
+    table = pd.DataFrame({"vEgo": [0.0, -0.16, 2.0, -0.16, 0.0],
+                          "aEgo": [-0.5, -0.5, -2.0, 0.0, -0.5],
+                          "steeringAngleDeg": [0.0, 30.0, 90.0, 0.0, 0.0],
+                          "gearShifter": ["drive", "drive", "drive", "drive", "reverse"]})
+    f = physics_forecasts(table, spec, phys)
+    x_cols = [spec.target_columns.index(f"x_{k}") for k in range(spec.n_horizons)]
+    y_cols = [spec.target_columns.index(f"y_{k}") for k in range(spec.n_horizons)]
+    for model in ("constant_velocity", "constant_acceleration", "constant_turn_rate"):
+        standing = f[model][[0, 1, 3, 4]]
+        assert np.all(standing[:, x_cols] == 0.0) and np.all(standing[:, y_cols] == 0.0), model
+    # 2 m/s braking at 2 m/s2 stops after 1 s, 1 m along the arc, and stays there.
+    for model in ("constant_acceleration", "constant_turn_rate"):
+        x, y = f[model][2, x_cols], f[model][2, y_cols]
+        assert np.all(np.diff(x) >= 0) and np.allclose(x[1:], x[1]), model  # stopped from 1 s on
+        assert np.hypot(x[-1], y[-1]) == pytest.approx(1.0, rel=1e-3)  # chord of a 1 m arc
+    assert f["constant_turn_rate"][2, y_cols[-1]] > 0.0  # the 1 m were driven on a left arc
+    base = physics_baseline(table, spec, phys)
+    assert np.all(base[[0, 1, 3, 4]] == 0.0)
+
+
 def test_traffic_light_row_counts_and_largest_light():
     classes = ["green", "red", "left", "right"]
     entries = [{"index": 0, "class": "red", "bbox": [0, 0, 2, 2]},

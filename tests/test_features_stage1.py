@@ -10,7 +10,7 @@ from dataset_factory import make_tiny_dataset
 from features.build import build_features
 from features.stage1 import Stage1MissingError, derived_motion
 from trajstack.artifacts import ArtifactStore, FoldMismatchError
-from trajstack.config import load_config
+from trajstack.config import ConfigError, load_config
 from trajstack.folds import ensure_folds
 from trajstack.tables import read_table
 
@@ -87,12 +87,14 @@ def test_derived_motion_of_constant_speed_path(cfg):
     assert motion["dax_3"][0] == pytest.approx(0.0) and motion["dvy_1"][0] == 0.0
 
 
-def test_embedding_pca_is_per_fold_network(cfg):
+def test_embedding_pca_option_is_removed(cfg, tmp_path):
+    # Per-network PCA components of the embeddings meant a different thing for every network
+    # (features/stage1.py docstring): the option is gone, and a config naming it is refused.
+    with pytest.raises(ConfigError, match=r"features\.stage1\.pca_components"):
+        load_config("demo", [f"output_dir={tmp_path}", "features.stage1.pca_components=2"])
     write_fake_stage1_run(cfg)
-    cfg.features.stage1.pca_components = 2
     table = build_features(cfg, ensure_folds(cfg))
-    for frame in (table.train, table.test):
-        assert np.isfinite(frame[["s1_emb_pc0", "s1_emb_pc1"]].to_numpy()).all()
+    assert not [c for c in table.feature_columns if "emb" in c]
 
 
 def test_stage1_run_on_other_folds_is_refused(cfg):

@@ -81,3 +81,32 @@ def test_folds_cli(tiny, tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "cli" / "folds.csv").exists()
     assert "hash" in capsys.readouterr().out
+
+
+def test_scikit_learn_pin_admits_only_versions_whose_group_kfold_shuffles():
+    # trajstack/folds.py calls GroupKFold(shuffle=...), new in scikit-learn 1.6: the pin in
+    # pyproject.toml must refuse 1.5 and admit what is installed.
+    from pathlib import Path
+
+    import sklearn
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    pins = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "scikit-learn"]
+    assert len(pins) == 1
+    assert not pins[0].specifier.contains("1.5.2")
+    assert pins[0].specifier.contains(sklearn.__version__)
+
+
+def test_group_kfold_without_shuffle_is_refused_with_the_fix(tiny, tmp_path, monkeypatch):
+    import trajstack.folds
+
+    class OldGroupKFold:  # the signature of scikit-learn 1.5
+        def __init__(self, n_splits=5):
+            self.n_splits = n_splits
+
+    monkeypatch.setattr(trajstack.folds, "GroupKFold", OldGroupKFold)
+    cfg = _cfg(tiny, tmp_path)
+    with pytest.raises(ImportError, match=r"scikit-learn 1\.6.*pip install 'scikit-learn>=1\.6'"):
+        assign_folds(read_table(tiny.root, cfg.dataset, "train"), cfg.dataset, cfg.folds)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from trajstack.config import load_config
-from trajstack.metrics import mae_report
+from trajstack.metrics import mae, mae_report
 
 SPEC = load_config("atmacup18").dataset
 
@@ -28,3 +28,16 @@ def test_mae_report_reads_frames_by_column_name():
     assert mae_report(truth, pred, SPEC)["mae"] == 1.0
     with pytest.raises(KeyError, match="x_0"):
         mae_report(truth.drop(columns="x_0"), pred, SPEC)
+
+
+def test_rows_with_a_missing_label_leave_the_score_but_missing_predictions_do_not():
+    truth = np.zeros((3, 18))
+    truth[1, 0] = np.nan  # row 1 lacks one label: left out whole
+    truth[2, :] = np.nan  # row 2 has none
+    pred = np.ones((3, 18))
+    pred[1:] = 50.0
+    report = mae_report(truth, pred, SPEC)
+    assert report["mae"] == 1.0 and report["n_rows"] == 1 and report["n_unlabelled"] == 2
+    assert mae(truth, pred) == 1.0
+    pred[0, 3] = np.nan
+    assert np.isnan(mae(truth, pred)) and np.isnan(mae_report(truth, pred, SPEC)["mae"])

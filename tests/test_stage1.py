@@ -18,6 +18,7 @@ from stage1_nn.data import (
     aux_target_names,
     aux_targets,
     collate,
+    extra_vectors,
     frame_indices,
     make_sequences,
     raw_telemetry,
@@ -25,7 +26,7 @@ from stage1_nn.data import (
     target_baseline,
 )
 from stage1_nn.model import ModelDims, build_model
-from trajstack.config import load_config
+from trajstack.config import ConfigError, load_config
 from trajstack.image_cache import build_or_open_cache
 from trajstack.tables import read_table
 
@@ -115,7 +116,8 @@ def test_photometric_same_params_for_all_frames(tiny):
     np.testing.assert_array_equal(out[0], out[2])
 
 
-@pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False)])
+@pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False),
+                                           ("row", False, True)])
 def test_model_output_shapes(tiny, mode, lstm, vlm):
     cfg, table, cache = tiny
     spec = cfg.dataset
@@ -135,8 +137,16 @@ def test_model_output_shapes(tiny, mode, lstm, vlm):
         out = model(batch["images"], batch["telemetry"], batch["mask"], batch.get("extra"))
     assert out["main"].shape == (n_rows, 18)
     assert out["aux"].shape == (n_rows, 27)
-    assert out["emb"].shape == (n_rows, model.embedding_dim)
-    assert model.embedding_dim == (2 * model_cfg.lstm.hidden if lstm else model.embedding_dim)
+    # The embedding is the LSTM's output, or without the LSTM the fused inputs side by side:
+    # the backbone's features, the telemetry projection and the extra projection.
+    if lstm:
+        width = model_cfg.lstm.hidden * (2 if model_cfg.lstm.bidirectional else 1)
+    else:
+        with torch.no_grad():
+            image_width = model.image_features(batch["images"][batch["mask"]]).shape[1]
+        width = image_width + model_cfg.telemetry.width + (model_cfg.vlm.width if vlm else 0)
+    assert out["emb"].shape == (n_rows, width)
+    assert model.embedding_dim == width
 
 
 def test_vlm_features_align_to_ids(tmp_path):
@@ -147,6 +157,27 @@ def test_vlm_features_align_to_ids(tmp_path):
     np.testing.assert_array_equal(values, [[1, 10], [0, 20], [3, 30]])
     with pytest.raises(ValueError, match="d_20"):
         read_extra_vectors(path, [*ids, "d_20"], "ID")
+
+
+def test_extra_vectors_are_refused_under_flips(tiny, tmp_path):
+    # The vectors describe the unmirrored row and none exist for mirrored rows: a flipped sample
+    # would carry a contradicting vector, so the combination is refused, naming the keys.
+    cfg, table, _ = tiny
+    ids = table["ID"].to_numpy(str)
+    path = tmp_path / "extra.parquet"
+    pd.DataFrame({"ID": ids, "f0": np.arange(len(ids), dtype=float)}).to_parquet(path)
+    base = [f"data_dir={cfg.data_dir}", f"output_dir={cfg.output_dir}", *TINY]
+    for source in (f"stage1.model.vlm.features={path}", "vlm.enabled=true"):
+        for flips, named in ((["stage1.augment.flip_p=0.5"], r"stage1\.augment\.flip_p=0\.5"),
+                             (["stage1.augment.flip_p=0", "stage1.tta_flip=true"], r"stage1\.tta_flip=true")):
+            flipping = load_config("demo", [*base, source, *flips])
+            with pytest.raises(ConfigError, match=rf"{source.split('=')[0]}.*{named}.*flip_p=0.*tta_flip=false"):
+                extra_vectors(flipping, "train", ids)
+    plain = load_config("demo", [*base, f"stage1.model.vlm.features={path}", "stage1.augment.flip_p=0",
+                                 "stage1.tta_flip=false"])
+    np.testing.assert_array_equal(extra_vectors(plain, "train", ids)[:, 0], np.arange(len(ids)))
+    # Flips without extra vectors stay allowed.
+    assert extra_vectors(load_config("demo", [*base, "stage1.tta_flip=true"]), "train", ids) is None
 
 
 def test_gpu_config_composes_the_full_recipe():
@@ -231,3 +262,23 @@ def test_physics_baseline_flips_like_the_targets_and_the_net_adds_it_back(tiny):
     real_rows = batch["rows"][batch["mask"]].numpy()
     np.testing.assert_allclose(out["main"].numpy(), baseline[real_rows], atol=1e-5)
     np.testing.assert_allclose(out["aux"].numpy(), aux_targets(baseline[real_rows], spec), atol=1e-4)
+
+
+def test_loss_leaves_out_missing_labels():
+    # Rows without labels (NaN) add nothing to the loss or its gradient: the loss over a batch
+    # with them equals the loss over the labelled rows alone.
+    from stage1_nn.config import LossConfig
+    from stage1_nn.losses import stage1_loss
+
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(4, 18, generator=gen, requires_grad=True)
+    aux_pred = torch.randn(4, 27, generator=gen)
+    targets, aux = torch.randn(4, 18, generator=gen), torch.randn(4, 27, generator=gen)
+    targets[2:] = float("nan")
+    aux[2:] = float("nan")
+    cfg = LossConfig()
+    loss, _ = stage1_loss({"main": pred, "aux": aux_pred}, targets, aux, cfg)
+    labelled, _ = stage1_loss({"main": pred[:2], "aux": aux_pred[:2]}, targets[:2], aux[:2], cfg)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(labelled.item())
+    loss.backward()
+    assert torch.all(pred.grad[2:] == 0) and torch.any(pred.grad[:2] != 0)

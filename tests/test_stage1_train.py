@@ -26,6 +26,7 @@ from stage1_nn.predict import predict_checkpoint
 from trajstack.artifacts import ArtifactError
 from trajstack.config import load_config
 from trajstack.folds import load_folds
+from trajstack.tables import read_table
 
 pytestmark = pytest.mark.slow
 
@@ -198,3 +199,29 @@ def test_physics_baseline_run_reloads_and_records_its_vehicle(trained):
     other_vehicle = load_config("demo", [*overrides, "features.physics.wheelbase_m=3.1"])
     with pytest.raises(ArtifactError, match="another config"):
         train_module.run_stage1(other_vehicle)
+
+
+def test_rows_without_labels_leave_loss_and_score_and_still_get_oof(tmp_path):
+    """Missing train labels: two rows with none and one with some; training, OOF and scores go on."""
+    data = make_tiny_dataset(tmp_path / "data", n_scenes=6, rows_per_scene=2, seed=3, n_test_scenes=1)
+    table = data.read_table("train")
+    spec = data.spec
+    table.loc[[0, 5], spec.target_columns] = ""
+    table.loc[7, spec.target_columns[:4]] = ""  # partly labelled: its known values still train
+    data.write_table("train", table)
+    unlabelled = set(table.loc[[0, 5, 7], "ID"])
+    run = train_module.run_stage1(load_config("demo", _overrides(data.root, tmp_path / "out", "nan_labels")))
+    oof = pd.read_parquet(run.dir / "oof.parquet")
+    assert oof["ID"].tolist() == sorted(data.train_ids)  # unlabelled rows are predicted too
+    assert np.isfinite(oof[spec.target_columns].to_numpy()).all()
+    for k in range(N_SPLITS):
+        record = json.loads((run.dir / f"fold{k}" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert np.isfinite([record["train_loss"], record["val_mae"]]).all()
+    scores = json.loads((run.dir / "meta.json").read_text())["scores"]
+    truth = read_table(data.root, spec, "train").set_index("ID").loc[oof["ID"], spec.target_columns]
+    truth = truth.to_numpy(float)
+    scored = ~oof["ID"].isin(unlabelled).to_numpy()
+    expected = np.abs(truth[scored] - oof.loc[scored, spec.target_columns].to_numpy()).mean()
+    assert scores["mae"] == pytest.approx(expected)
+    assert scores["n_rows"] == len(oof) - 3 and scores["n_unlabelled"] == 3
+    assert all(np.isfinite(v) for v in scores["per_fold"].values())

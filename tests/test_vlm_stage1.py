@@ -29,6 +29,7 @@ STAGE1_SHRINK = [
     "stage1.model.backbone=convnext_atto",
     "stage1.model.backbone_kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}",
     "stage1.model.lstm.hidden=16", "stage1.model.telemetry.width=16",
+    "stage1.augment.flip_p=0",  # VLM vectors exist for unmirrored rows only (refused with flips)
 ]
 
 

@@ -7,6 +7,7 @@ a later stage refuses inputs whose fold hash differs.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,16 @@ class Folds:
         return folds.to_numpy(int)
 
 
+def require_shuffled_group_kfold() -> None:
+    """Refuse a scikit-learn whose GroupKFold cannot shuffle (before 1.6), naming the fix."""
+    if "shuffle" not in inspect.signature(GroupKFold).parameters:
+        import sklearn
+
+        raise ImportError(f"trajstack's folds need GroupKFold(shuffle=...), from scikit-learn 1.6; "
+                          f"this environment has scikit-learn {sklearn.__version__}: "
+                          "pip install 'scikit-learn>=1.6'")
+
+
 def assign_folds(train: pd.DataFrame, spec: DatasetSpec, cfg: FoldsConfig) -> pd.DataFrame:
     """(ID, scene, fold) for every train row; scenes never straddle folds.
 
@@ -62,6 +73,7 @@ def assign_folds(train: pd.DataFrame, spec: DatasetSpec, cfg: FoldsConfig) -> pd
         raise ArtifactError(f"{n_scenes} scenes cannot fill folds.n_splits={cfg.n_splits} folds")
     placeholder = np.zeros(len(ids))
     if cfg.stratify_column is None:
+        require_shuffled_group_kfold()
         splitter = GroupKFold(n_splits=cfg.n_splits, shuffle=True, random_state=cfg.seed)
         splits = splitter.split(placeholder, groups=scenes)
     else:

@@ -1,4 +1,9 @@
-"""MAE, the competition metric, overall and broken down by axis, horizon and target."""
+"""MAE, the competition metric, overall and broken down by axis, horizon and target.
+
+Rows whose labels are not all present (NaN) are left out of every score, as stage 2 and the
+blend leave them out: a score is over fully labelled rows only. A missing prediction is not
+forgiven: it makes the score NaN.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,18 @@ def as_target_matrix(values: pd.DataFrame | np.ndarray, spec: DatasetSpec) -> np
     return array
 
 
+def labelled_rows(y_true: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of (n, m) `y_true` whose labels are all present."""
+    return np.isfinite(y_true).all(axis=1)
+
+
 def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(y_true, float) - np.asarray(y_pred, float))))
+    """MAE over the fully labelled rows of (n, m) arrays (NaN when there are none)."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    keep = labelled_rows(y_true)
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(np.abs(y_true[keep] - y_pred[keep])))
 
 
 def mae_report(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndarray,
@@ -33,9 +48,12 @@ def mae_report(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndar
 
     Parameters
     ----------
-    y_true, y_pred : frames with the target columns, or (n, n_targets) arrays in spec order.
+    y_true, y_pred : frames with the target columns, or (n, n_targets) arrays in spec order;
+        rows of `y_true` with a missing label are left out (`n_unlabelled` counts them).
     """
-    err = np.abs(as_target_matrix(y_true, spec) - as_target_matrix(y_pred, spec))
+    truth = as_target_matrix(y_true, spec)
+    keep = labelled_rows(truth)
+    err = np.abs(truth[keep] - as_target_matrix(y_pred, spec)[keep])
     per_target = err.mean(axis=0)
     n_axes = len(spec.axes)
     by_horizon = per_target.reshape(spec.n_horizons, n_axes)  # horizon-major target order
@@ -45,4 +63,5 @@ def mae_report(y_true: pd.DataFrame | np.ndarray, y_pred: pd.DataFrame | np.ndar
         "per_horizon": {f"{h:g}s": float(by_horizon[k].mean()) for k, h in enumerate(spec.horizons_s)},
         "per_target": {c: float(v) for c, v in zip(spec.target_columns, per_target, strict=True)},
         "n_rows": int(err.shape[0]),
+        "n_unlabelled": int((~keep).sum()),
     }

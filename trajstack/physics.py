@@ -8,9 +8,15 @@
   road-wheel angle = steering / steering_ratio, curvature = tan(road-wheel angle) / wheelbase.
   Left steering (positive) curves towards the left axis.
 The forward/left axes and the column names come from `features.physics`; every other axis
-(z: up) is forecast 0. The `residual_baseline` model is the baseline that stage 1
-(`stage1.baseline: physics`) and stage 2 (`stage2.target_baseline: physics`) can learn the
-residual to: it lives in the core package because both stages use it.
+(z: up) is forecast 0.
+
+Every model drives a car in a forward gear, which never backs up: a negative speed reading
+(the real logs go down to -0.16 m/s) is taken as standstill, and a standing or braking car
+stops at speed 0 and stays there. The forecasts read no gear column: the rare rows in reverse
+(with park and neutral, 0.3% of the real rows) follow the same rule, so any backwards motion is
+left to the learners, which see the gear as a feature. The `residual_baseline` model is the
+baseline that stage 1 (`stage1.baseline: physics`) and stage 2 (`stage2.target_baseline:
+physics`) can learn the residual to: it lives in the core package because both stages use it.
 """
 
 from __future__ import annotations
@@ -41,10 +47,17 @@ def telemetry_column(table: pd.DataFrame, name: str | None, key: str, spec: Data
     return table[name].to_numpy(dtype=float, na_value=np.nan)
 
 
+def forward_speed(speed: np.ndarray) -> np.ndarray:
+    """Speed of a car in a forward gear: a negative reading is standstill (NaN stays NaN)."""
+    return np.where(speed < 0, 0.0, speed)
+
+
 def travelled_distance(speed: np.ndarray, accel: np.ndarray, t: float) -> np.ndarray:
-    """Distance after `t` s at constant acceleration, stopping (not reversing) at speed 0."""
+    """Distance (>= 0) after `t` s at constant acceleration in a forward gear: a braking car
+    stops at speed 0 and stays there, and a standing car with negative acceleration stays put."""
+    speed = forward_speed(speed)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_stop = np.where(speed * accel < 0, -speed / accel, np.inf)
+        t_stop = np.where(accel < 0, speed / -accel, np.inf)
     tau = np.minimum(t, t_stop)
     return speed * tau + 0.5 * accel * tau**2
 
@@ -85,7 +98,7 @@ def physics_forecasts(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig
     fwd, left = spec.axes.index(cfg.forward_axis), spec.axes.index(cfg.left_axis)
     out = {m: np.zeros((n, len(spec.target_columns))) for m in FALLBACK}
     for k, t in enumerate(spec.horizons_s):
-        straight = speed * t
+        straight = forward_speed(speed) * t
         along = travelled_distance(speed, accel, t)
         arc_fwd, arc_left = arc_position(along, curvature)
         for model, (ahead, aside) in {
