@@ -17,8 +17,11 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, FoldsConfig
 from trajstack.io import file_hash, read_json, write_csv_atomic, write_json_atomic
+from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
 from trajstack.tables import read_table, scene_and_time, table_path
+
+logger = get_logger(__name__)
 
 FOLDS_FILE = "folds.csv"
 
@@ -129,6 +132,5 @@ def main(argv: list[str] | None = None) -> int:
     args = common_parser("folds", "write folds.csv (ID, scene, fold) for the experiment").parse_args(argv)
     folds = ensure_folds(config_from_args(args))
     sizes = folds.table.groupby("fold").agg(rows=("ID", "size"), scenes=("scene", "nunique"))
-    print(f"{folds.path} (hash {folds.hash})")
-    print(sizes.to_string())
+    logger.info(f"{folds.path} (hash {folds.hash})\n{sizes.to_string()}")
     return 0

@@ -33,11 +33,13 @@ from PIL import Image, ImageMode
 from tqdm import tqdm
 
 from trajstack.cli import common_parser, config_from_args
-from trajstack.config import ConfigError
 from trajstack.io import atomic_path, data_hash, read_json, write_json_atomic
+from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
 from trajstack.tables import DataError, Split, table_path
 from trajstack.validate import unsafe_id_reason
+
+logger = get_logger(__name__)
 
 try:  # POSIX only; without it concurrent builders of one cache are not serialised
     import fcntl
@@ -357,19 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 when both caches are ready, 2 when the data or config cannot be used.
     """
     args = _parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        for split in SPLITS:
-            started = time.perf_counter()
-            cache = build_or_open_cache(
-                cfg.data_dir, cfg.dataset, split, cfg.cache_dir,
-                workers=cfg.cache.workers, progress=not args.no_progress,
-            )
-            state = "built" if cache.built else "up to date"
-            print(f"{split}: {len(cache)} rows, {state} in {time.perf_counter() - started:.1f} s: {cache.path}")
-    except (ConfigError, DataError) as err:
-        print(f"trajstack cache: {err}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    for split in SPLITS:
+        started = time.perf_counter()
+        cache = build_or_open_cache(
+            cfg.data_dir, cfg.dataset, split, cfg.cache_dir,
+            workers=cfg.cache.workers, progress=not args.no_progress,
+        )
+        state = "built" if cache.built else "up to date"
+        logger.info(f"{split}: {len(cache)} rows, {state} in {time.perf_counter() - started:.1f} s: {cache.path}")
     return 0
 
 

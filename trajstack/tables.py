@@ -13,12 +13,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from trajstack.errors import TrajstackError
 from trajstack.spec import DatasetSpec
 
 Split = Literal["train", "test"]
 
 
-class DataError(ValueError):
+class DataError(TrajstackError, ValueError):
     """Input data the pipeline cannot use; the message names file, row and column."""
 
 

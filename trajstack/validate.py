@@ -29,7 +29,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from trajstack.cli import common_parser, config_from_args
-from trajstack.config import ConfigError
 from trajstack.spec import DatasetSpec
 from trajstack.tables import DataError, Split, parse_bool, read_raw_table
 
@@ -540,11 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     valid, 2 otherwise.
     """
     args = _parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as err:
-        print(f"trajstack validate: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    cfg = config_from_args(args)
     data_dir = Path(cfg.data_dir)
     report = validate_dataset(
         data_dir, cfg.dataset, max_problems=args.max_problems,

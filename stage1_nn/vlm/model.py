@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from trajstack.errors import TrajstackError
 from trajstack.io import data_hash
 
 from .config import VLMConfig
@@ -21,7 +22,7 @@ from .config import VLMConfig
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class VLMModelNotFoundError(FileNotFoundError):
+class VLMModelNotFoundError(TrajstackError, FileNotFoundError):
     """The configured VLM is neither a local folder nor in the local Hugging Face cache."""
 
 
