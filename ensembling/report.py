@@ -227,6 +227,10 @@ def _overlay_section(cfg: Config, inputs: BlendInputs, focus_name: str, focus: n
     if cfg.dataset.camera is None or n == 0:
         section.paragraphs.append("No overlays (dataset.camera unset or report.overlay_rows=0).")
         return section
+    if cfg.dataset.frames_folder(cfg.data_dir) is None:
+        section.paragraphs.append("No overlays: a telemetry-only dataset (no frames folder, or "
+                                  "dataset.images_dir is null).")
+        return section
     section.paragraphs.append(
         f"{focus_name}: true (green) and predicted (red) future positions projected onto frame t "
         "through the camera matrix, with the same paths seen from above.")

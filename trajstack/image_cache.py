@@ -33,6 +33,7 @@ from PIL import Image, ImageMode
 from tqdm import tqdm
 
 from trajstack.cli import common_parser, config_from_args
+from trajstack.config import ConfigError
 from trajstack.io import atomic_path, data_hash, read_json, write_json_atomic
 from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
@@ -120,6 +121,14 @@ def build_or_open_cache(
     DataError : a missing, unreadable or wrongly sized frame, or a bad ID, naming file and ID.
     """
     data_dir = Path(data_dir)
+    if spec.images_dir is None:
+        raise ConfigError(
+            "dataset.images_dir is null (a telemetry-only dataset): there are no frames to cache "
+            "or train stage 1 on; run stage 2 and the blend with features.stage1=false")
+    if spec.frames_folder(data_dir) is None:
+        raise DataError(
+            f"frames folder {data_dir / spec.images_dir} not found. If this dataset has no frames, "
+            "stage 1 cannot run: run stage 2 and the blend with features.stage1=false")
     ids = read_split_ids(data_dir, spec, split)
     folder = cache_folder(data_dir, spec, split, cache_root)
     fingerprint = source_fingerprint(data_dir, spec, split, ids)
