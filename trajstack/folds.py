@@ -19,7 +19,7 @@ from trajstack.config import Config, FoldsConfig
 from trajstack.io import file_hash, read_json, write_csv_atomic, write_json_atomic
 from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
-from trajstack.tables import read_table, scene_and_time, table_path
+from trajstack.tables import existing_table_path, read_table, scene_and_time
 
 logger = get_logger(__name__)
 
@@ -98,7 +98,7 @@ def ensure_folds(cfg: Config) -> Folds:
     path = cfg.experiment_dir / FOLDS_FILE
     meta_path = path.with_suffix(".meta.json")
     wanted = {
-        "train_hash": file_hash(table_path(cfg.data_dir, spec, "train")),
+        "train_hash": file_hash(existing_table_path(cfg.data_dir, spec, "train")),
         "folds_config": cfg.folds.model_dump(mode="json"),
     }
     if path.exists() and meta_path.exists():
