@@ -88,9 +88,11 @@ def pick_device_dtype(cfg: VLMConfig) -> tuple[Any, Any]:
     """(torch device, dtype): bf16 on GPU and fp32 on CPU unless `vlm.precision` says otherwise."""
     import torch
 
+    from trajstack.config import ConfigError
+
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
-        raise RuntimeError("vlm.device=cuda but no CUDA device is visible")
+        raise ConfigError("vlm.device=cuda but no CUDA device is visible; use vlm.device=auto or cpu")
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
     precision = cfg.precision
     if precision == "auto":
