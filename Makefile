@@ -54,12 +54,12 @@ demo-data: $(DEMO_DATA)/train_features.csv
 DATA_DEP := $(if $(filter $(DEMO_DATA),$(DATA)),$(DEMO_DATA)/train_features.csv,)
 
 validate: $(STAMP) $(DATA_DEP)
-	$(TRAJSTACK) validate --data $(DATA) --config $(CONFIG)
+	$(TRAJSTACK) validate --data $(DATA) --config $(CONFIG) $(ARGS)
 
 cache: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) cache $(COMMON)
 
-# Qwen2-VL features into a resumable cache (weights from a local folder or HF cache only).
+# Qwen2-VL features into a resumable cache (weights: a local folder, or downloaded from the hub).
 vlm: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) vlm $(COMMON)
 

@@ -7,7 +7,6 @@ is not refit; its submission, report and summary are simply refreshed from its a
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -17,13 +16,16 @@ from ensembling.config import BlendConfig
 from ensembling.fitting import BlendFit, fit_blend
 from ensembling.inputs import BLEND_STAGE, BlendInputs, load_inputs
 from ensembling.optimizers import OPTIMIZERS
-from ensembling.submission import SubmissionError, check_submission, write_submission
-from trajstack.artifacts import ArtifactError, ArtifactStore, Run
+from ensembling.submission import check_submission, write_submission
+from trajstack.artifacts import ArtifactStore, Run
 from trajstack.config import Config, ConfigError
 from trajstack.folds import ensure_folds
 from trajstack.io import file_hash
+from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
 from trajstack.tables import table_path
+
+logger = get_logger(__name__)
 
 # The config sections a blend depends on. Upstream sections (stage1, features, stage2, ...)
 # reach it through its inputs' signatures, and report/tracking change no number, so editing
@@ -57,17 +59,17 @@ def run_blend(cfg: Config, force: bool = False) -> tuple[Run, BlendInputs]:
     inputs = load_inputs(cfg, ArtifactStore(cfg.experiment_dir), folds)
     run = blend_run(cfg, inputs, folds.hash)
     if run.is_done() and not force:
-        print(f"blend: {run.dir} is up to date ({len(inputs.names)} runs); not refit")
+        logger.info(f"blend: {run.dir} is up to date ({len(inputs.names)} runs); not refit")
         return run, inputs
     previous = run.read_meta()
     if previous is not None and previous.get("status") == "done":
         # A blend is cheap and derived only from its inputs: when they change (a learner
         # added, a stage rerun) refit at once; the old blend is moved aside, never deleted.
-        print(f"blend: inputs or config changed since {run.dir} was made; moving it aside "
+        logger.info(f"blend: inputs or config changed since {run.dir} was made; moving it aside "
               "and refitting")
     run.begin(force=True)
-    print(f"blend: fitting '{cfg.blend.optimizer}' weights on {len(inputs.names)} runs: "
-          f"{', '.join(inputs.names)}", flush=True)
+    logger.info(f"blend: fitting '{cfg.blend.optimizer}' weights on {len(inputs.names)} runs: "
+                f"{', '.join(inputs.names)}")
     fit = fit_blend(inputs.oof, inputs.y, inputs.fold, inputs.test, cfg.blend.optimizer,
                     optimizer_params(cfg.blend), nested=cfg.blend.nested)
     scores = write_blend_artifacts(run, cfg, inputs, fit)
@@ -132,18 +134,18 @@ def print_summary(cfg: Config, run: Run, inputs: BlendInputs, submission: Any,
     """CV MAE of every run by stage and of the blend, the submission path, the oracle score."""
     scores = run.read_meta()["scores"]
     n_folds = len(np.unique(inputs.fold))
-    print(f"\nCV MAE (out-of-fold, {len(inputs.y)} train rows, {n_folds} folds)")
+    logger.info(f"\nCV MAE (out-of-fold, {len(inputs.y)} train rows, {n_folds} folds)")
     for name in sorted(scores["runs"]):
-        print(f"  {name:<28} {scores['runs'][name]['mae']:.4f}")
+        logger.info(f"  {name:<28} {scores['runs'][name]['mae']:.4f}")
     honest = scores["mae_report"]["mae"]
     in_sample = scores["in_sample_mae_report"]["mae"]
     label = "nested" if scores.get("nested") else "in-sample (nesting off)"
-    print(f"  {run.stage + '/' + run.name:<28} {honest:.4f} {label}; {in_sample:.4f} in-sample")
-    print(f"submission: {submission}")
+    logger.info(f"  {run.stage + '/' + run.name:<28} {honest:.4f} {label}; {in_sample:.4f} in-sample")
+    logger.info(f"submission: {submission}")
     if test_score is not None:
         floor = test_score["floor_mae"]
         ratio = f" = {test_score['ratio_to_floor']:.3f} x floor {floor:.4f}" if floor else ""
-        print(f"test MAE (oracle): {test_score['mae']:.4f}{ratio}")
+        logger.info(f"test MAE (oracle): {test_score['mae']:.4f}{ratio}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="refit even when up to date")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    try:
-        run, inputs = run_blend(cfg, force=args.force)
-        submission, predictions = write_blend_submission(cfg, run, inputs)
-    except (ArtifactError, SubmissionError) as err:
-        print(f"trajstack blend: {err}", file=sys.stderr)
-        return 2
+    run, inputs = run_blend(cfg, force=args.force)
+    submission, predictions = write_blend_submission(cfg, run, inputs)
     # Read only now, after everything is fixed: the oracle is for quoting, never for choosing.
     score = oracle_test_score(cfg.data_dir, inputs.test_ids, predictions, cfg.dataset)
     if cfg.report.enabled:

@@ -15,9 +15,12 @@ import pandas as pd
 from trajstack.artifacts import ArtifactError, ArtifactStore, FoldMismatchError, RunResult
 from trajstack.config import Config
 from trajstack.folds import Folds
+from trajstack.logs import get_logger
 from trajstack.metrics import as_target_matrix
 from trajstack.spec import DatasetSpec
 from trajstack.tables import read_table
+
+logger = get_logger(__name__)
 
 BLEND_STAGE = "blend"
 PREDICTION_FILES = ("oof.parquet", "test.parquet")
@@ -102,7 +105,7 @@ def load_inputs(cfg: Config, store: ArtifactStore, folds: Folds) -> BlendInputs:
     # Rows without every label can be neither fit nor scored; the stages skip them too.
     labelled = np.isfinite(y).all(axis=1)
     if not labelled.all():
-        print(f"blend: {int((~labelled).sum())} train rows lack a label; left out of fit and scores")
+        logger.warning(f"blend: {int((~labelled).sum())} train rows lack a label; left out of fit and scores")
     return BlendInputs(
         names=[r.name for r in runs], oof=oof[:, labelled], test=test, y=y[labelled],
         fold=folds.fold_of(train_ids[labelled]), train_ids=train_ids[labelled],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,15 @@ from ensembling import plots
 from ensembling.inputs import BLEND_STAGE, BlendInputs, load_inputs
 from ensembling.overlays import plot_overlays
 from ensembling.report_html import Section, render, score_table
-from trajstack.artifacts import ArtifactError, ArtifactStore, RunResult
+from trajstack.artifacts import ArtifactStore, RunResult
 from trajstack.config import Config
 from trajstack.folds import ensure_folds
 from trajstack.io import data_hash, read_json, write_json_atomic, write_text_atomic
+from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
 from trajstack.tables import read_table
+
+logger = get_logger(__name__)
 
 REPORT_DIR = "report"
 REPORT_VERSION = 1  # bump when the report's content changes, so finished reports are redone
@@ -57,7 +59,7 @@ def build_report(cfg: Config, test_score: dict[str, Any] | None = None, force: b
     index = out / "index.html"
     if not force and index.exists() and (out / "signature.json").exists() \
             and read_json(out / "signature.json").get("signature") == signature:
-        print(f"report: {index} is up to date")
+        logger.info(f"report: {index} is up to date")
         return index
     out.mkdir(parents=True, exist_ok=True)
     sections = _sections(cfg, inputs, blend, test_score, out)
@@ -65,7 +67,7 @@ def build_report(cfg: Config, test_score: dict[str, Any] | None = None, force: b
                 f"{len(np.unique(inputs.fold))} folds · written {dt.datetime.now():%Y-%m-%d %H:%M}")
     write_text_atomic(index, render(f"trajstack report: {cfg.experiment}", subtitle, sections))
     write_json_atomic(out / "signature.json", {"signature": signature})
-    print(f"report: {index}")
+    logger.info(f"report: {index}")
     return index
 
 
@@ -225,6 +227,10 @@ def _overlay_section(cfg: Config, inputs: BlendInputs, focus_name: str, focus: n
     if cfg.dataset.camera is None or n == 0:
         section.paragraphs.append("No overlays (dataset.camera unset or report.overlay_rows=0).")
         return section
+    if cfg.dataset.frames_folder(cfg.data_dir) is None:
+        section.paragraphs.append("No overlays: a telemetry-only dataset (no frames folder, or "
+                                  "dataset.images_dir is null).")
+        return section
     section.paragraphs.append(
         f"{focus_name}: true (green) and predicted (red) future positions projected onto frame t "
         "through the camera matrix, with the same paths seen from above.")
@@ -257,16 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite even when up to date")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    try:
-        blend = finished_blend(cfg)
-        score = None
-        if blend is not None:  # the oracle is quoted for the finished blend only
-            test = blend.test()
-            ids = read_table(cfg.data_dir, cfg.dataset, "test")[cfg.dataset.id_column].to_numpy(str)
-            predictions = test.set_index(cfg.dataset.id_column).loc[ids, cfg.dataset.target_columns]
-            score = test_score(cfg.data_dir, ids, predictions.to_numpy(float), cfg.dataset)
-        build_report(cfg, test_score=score, force=args.force)
-    except ArtifactError as err:
-        print(f"trajstack report: {err}", file=sys.stderr)
-        return 2
+    blend = finished_blend(cfg)
+    score = None
+    if blend is not None:  # the oracle is quoted for the finished blend only
+        test = blend.test()
+        ids = read_table(cfg.data_dir, cfg.dataset, "test")[cfg.dataset.id_column].to_numpy(str)
+        predictions = test.set_index(cfg.dataset.id_column).loc[ids, cfg.dataset.target_columns]
+        score = test_score(cfg.data_dir, ids, predictions.to_numpy(float), cfg.dataset)
+    build_report(cfg, test_score=score, force=args.force)
     return 0

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trajstack.errors import TrajstackError
 from trajstack.io import write_csv_atomic
 from trajstack.spec import DatasetSpec
 from trajstack.tables import table_path
 
 
-class SubmissionError(ValueError):
+class SubmissionError(TrajstackError, ValueError):
     """A submission that would be rejected or mis-scored; the message lists every problem."""
 
 

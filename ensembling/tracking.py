@@ -15,6 +15,9 @@ from typing import Any
 
 from trajstack.artifacts import ArtifactStore, RunResult
 from trajstack.config import Config
+from trajstack.logs import get_logger
+
+logger = get_logger(__name__)
 
 SIGNATURE_TAG = "trajstack.signature"
 MAX_PARAM_CHARS = 500  # long values (lists of columns) are cut: params are for filtering
@@ -65,7 +68,7 @@ def log_experiment(cfg: Config, report_dir: str | Path | None = None) -> list[st
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
     except ImportError:
-        print("tracking: mlflow is not installed (pip install -e '.[tracking]'); nothing logged")
+        logger.warning("tracking: mlflow is not installed (pip install -e '.[tracking]'); nothing logged")
         return []
     _sqlite_parent(cfg.tracking.uri)
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
@@ -96,6 +99,6 @@ def log_experiment(cfg: Config, report_dir: str | Path | None = None) -> list[st
             client.log_artifacts(run_id, str(report_dir), artifact_path="report")
         client.set_terminated(run_id)
         logged.append(run.name)
-    print(f"tracking: logged {len(logged)} new run(s) to {cfg.tracking.uri} "
+    logger.info(f"tracking: logged {len(logged)} new run(s) to {cfg.tracking.uri} "
           f"(experiment '{name}')" + (f": {', '.join(logged)}" if logged else ""))
     return logged

@@ -20,7 +20,10 @@ from features.base import BUILDERS, BuildContext
 from trajstack.config import Config
 from trajstack.folds import Folds
 from trajstack.io import data_hash, write_parquet_atomic
+from trajstack.logs import get_logger
 from trajstack.tables import read_table
+
+logger = get_logger(__name__)
 
 # Bump when a builder's code changes what it outputs: old cache files are then ignored.
 FEATURES_VERSION = 1
@@ -115,8 +118,7 @@ def build_features(
             raise RuntimeError(f"feature builder {name} repeats columns {sorted(clash)}")
         out_train = pd.concat([out_train, part_train.drop(columns=id_col)], axis=1)
         out_test = pd.concat([out_test, part_test.drop(columns=id_col)], axis=1)
-        if log:
-            log(f"features {name}: {part_train.shape[1] - 1} columns ({status}, key {key})")
+        (log or logger.info)(f"features {name}: {part_train.shape[1] - 1} columns ({status}, key {key})")
     _same_columns(out_train, out_test)
     return FeatureTable(out_train, out_test, id_col, data_hash(keys), keys)
 

@@ -4,14 +4,14 @@ Each file is a list of detections `{"index", "class", "bbox": [x1, y1, x2, y2]}`
 carry several entries sharing a bbox (e.g. red + left). Features: entries per class, number of
 distinct lights, and the largest light's classes (one-hot) and box: the largest box is the
 nearest light, the one the driver reacts to. A missing file gives NaN (unknown), an empty list
-gives zeros (no light seen); no folder at all gives an empty feature set with a warning.
+gives zeros (no light seen); no folder at all (a telemetry-only dataset) gives no columns,
+with a warning unless `dataset.traffic_lights_dir` is null.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,9 @@ import pandas as pd
 
 from features.base import BuildContext, id_frame, register_builder
 from trajstack.io import data_hash
+from trajstack.logs import get_logger
+
+logger = get_logger(__name__)
 
 BOX = ("x1", "y1", "x2", "y2", "width", "height", "area", "cx", "cy")
 
@@ -70,8 +73,12 @@ def traffic_light_features(table: pd.DataFrame, ctx: BuildContext) -> pd.DataFra
     out = id_frame(table, spec)
     folder = lights_dir(ctx)
     if folder is None:
-        warnings.warn("no traffic-light folder (dataset.traffic_lights_dir); traffic_lights "
-                      "builds no features", stacklevel=2)
+        # No columns rather than all-NaN ones: a telemetry-only dataset keeps a clean table.
+        if spec.traffic_lights_dir is None:
+            logger.info("traffic_lights: dataset.traffic_lights_dir is null; no traffic-light features")
+        else:
+            logger.warning(f"traffic_lights: no folder {Path(ctx.cfg.data_dir) / spec.traffic_lights_dir}; "
+                           "no traffic-light features (set dataset.traffic_lights_dir=null to say so)")
         return out
     classes, largest = spec.traffic_light_classes, ctx.cfg.features.traffic_lights.largest_light
     names = feature_names(classes, largest)

@@ -41,8 +41,9 @@ class LstmConfig(StrictModel):
 class ModelConfig(StrictModel):
     backbone: str = "convnext_tiny"  # any timm model name
     pretrained: bool = False
-    # Weights file for `pretrained: true` (.safetensors / .pth); None: the local Hugging Face
-    # cache. Nothing is downloaded at run time: missing weights are an error saying how to get them.
+    # Weights file for `pretrained: true` (.safetensors / .pth; no network needed). None: timm's
+    # own source, downloaded through the Hugging Face hub into its cache as timm users expect;
+    # offline (HF_HUB_OFFLINE=1) and not cached is an error saying how to get them.
     pretrained_file: str | None = None
     drop_path_rate: float = 0.0
     # Extra keyword arguments for timm.create_model (e.g. dims/depths of a custom ConvNeXt).

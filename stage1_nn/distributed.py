@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trajstack.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -63,7 +65,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def setup(device_name: str) -> DistEnv:
     """Join the process group when launched by torchrun; pick the device of this process."""
     if device_name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("stage1.device=cuda but torch sees no GPU; use stage1.device=auto or cpu")
+        raise ConfigError("stage1.device=cuda but torch sees no GPU; use stage1.device=auto or cpu")
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if not under_torchrun():
         return DistEnv(device=torch.device("cuda" if use_cuda else "cpu"))

@@ -19,6 +19,9 @@ from timm.data import resolve_data_config
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from trajstack.errors import TrajstackError
+from trajstack.hub import hub_offline
+
 from .config import ModelConfig
 
 
@@ -36,31 +39,67 @@ class ModelDims:
     image_size: tuple[int, int] | None = None
 
 
-def local_pretrained_file(cfg: ModelConfig) -> str:
-    """Path of the backbone's pretrained weights on this machine; an error when there are none.
+class PretrainedWeightsError(TrajstackError, FileNotFoundError):
+    """The backbone's pretrained weights cannot be had here; the message says what to do."""
 
-    `stage1.model.pretrained_file` when set, else the file timm would fetch, if the local Hugging
-    Face cache already holds it.
-    """
-    if cfg.pretrained_file:
-        if not Path(cfg.pretrained_file).is_file():
-            raise FileNotFoundError(f"stage1.model.pretrained_file={cfg.pretrained_file} does not exist")
-        return cfg.pretrained_file
+
+def cached_pretrained_file(backbone: str) -> str | None:
+    """The weights file timm would fetch for `backbone`, when the local Hugging Face cache holds it."""
     from huggingface_hub import try_to_load_from_cache
 
-    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.backbone)
-    repo = getattr(pretrained_cfg, "hf_hub_id", None)
+    repo = getattr(timm.models.get_pretrained_cfg(backbone), "hf_hub_id", None)
     for filename in ("model.safetensors", "pytorch_model.bin") if repo else ():
         cached = try_to_load_from_cache(repo, filename)
         if isinstance(cached, str):
             return cached
-    raise FileNotFoundError(
-        f"pretrained weights for backbone {cfg.backbone!r} are not on this machine and trajstack "
-        f"never downloads at run time. On a machine with internet run `python -c \"import timm; "
-        f"timm.create_model('{cfg.backbone}', pretrained=True)\"` (fills the Hugging Face cache; "
-        f"copy it here), or download the weights of {repo or cfg.backbone} and set "
-        f"stage1.model.pretrained_file=PATH; or use stage1.model.pretrained=false."
-    )
+    return None
+
+
+def _how_to_get(backbone: str) -> str:
+    return (f"on a machine with internet run `python -c \"import timm; timm.create_model('{backbone}', "
+            f"pretrained=True)\"` and copy its Hugging Face cache (HF_HOME) here, or set "
+            f"stage1.model.pretrained_file=PATH to a weights file, or stage1.model.pretrained=false")
+
+
+def pretrained_overlay(cfg: ModelConfig) -> dict[str, str] | None:
+    """Where timm takes the backbone's weights from: a local file, or its own source.
+
+    `stage1.model.pretrained_file` wins and needs no network. Otherwise timm downloads as usual
+    (the Hugging Face hub, into its cache; read from there once cached). Offline
+    (`HF_HUB_OFFLINE=1`) and not cached: a `PretrainedWeightsError` before any attempt.
+    """
+    if not cfg.pretrained:
+        return None
+    if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise PretrainedWeightsError(
+                f"stage1.model.pretrained_file={cfg.pretrained_file} does not exist; "
+                f"point it at the backbone's weights (.safetensors / .pth)")
+        return {"file": cfg.pretrained_file}
+    if hub_offline() and cached_pretrained_file(cfg.backbone) is None:
+        raise PretrainedWeightsError(
+            f"pretrained weights for backbone {cfg.backbone!r} are not in the local Hugging Face "
+            f"cache and HF_HUB_OFFLINE=1 forbids downloading them: unset HF_HUB_OFFLINE, or "
+            f"{_how_to_get(cfg.backbone)}")
+    return None
+
+
+def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
+    """`timm.create_model` for the backbone, pretrained as configured (see `pretrained_overlay`)."""
+    overlay = pretrained_overlay(cfg)
+    try:
+        return timm.create_model(
+            cfg.backbone, pretrained=cfg.pretrained, pretrained_cfg_overlay=overlay,
+            in_chans=in_chans, num_classes=0, drop_path_rate=cfg.drop_path_rate,
+            **cfg.backbone_kwargs,
+        )
+    except OSError as err:  # the hub's and urllib's download errors are OSErrors
+        if not cfg.pretrained or overlay is not None:
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PretrainedWeightsError(
+            f"could not download pretrained weights for backbone {cfg.backbone!r} "
+            f"({type(err).__name__}: {reason}); {_how_to_get(cfg.backbone)}") from err
 
 
 class TrajectoryNet(nn.Module):
@@ -77,13 +116,8 @@ class TrajectoryNet(nn.Module):
         super().__init__()
         self.dims, self.channels_last = dims, channels_last
         in_chans = dims.channels * dims.n_frames
-        # A local weights file only (timm adapts the first conv to in_chans): never a download.
-        overlay = {"file": local_pretrained_file(cfg)} if cfg.pretrained else None
-        self.backbone = timm.create_model(
-            cfg.backbone, pretrained=cfg.pretrained, pretrained_cfg_overlay=overlay,
-            in_chans=in_chans, num_classes=0, drop_path_rate=cfg.drop_path_rate,
-            **cfg.backbone_kwargs,
-        )
+        # timm adapts the pretrained first conv to in_chans (frames x channels).
+        self.backbone = create_backbone(cfg, in_chans)
         # Normalise with the backbone's own pretrained statistics, repeated for every frame.
         data_cfg = resolve_data_config({}, model=self.backbone)
         mean = torch.tensor(data_cfg["mean"] * dims.n_frames)[:in_chans] * 255.0

@@ -26,6 +26,7 @@ from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
 from trajstack.image_cache import ImageCache, build_or_open_cache
 from trajstack.io import file_hash
+from trajstack.logs import get_logger
 from trajstack.metrics import mae, mae_report
 from trajstack.tables import read_table, table_path
 
@@ -55,6 +56,8 @@ from .engine import merge_flip_tta, predict, train_one_epoch
 from .model import ModelDims, build_model, save_checkpoint
 from .optim import build_ema, build_optimizer, build_scheduler
 from .report import append_metrics, plot_learning_curve, prediction_frame
+
+logger = get_logger(__name__)
 
 STAGE = "stage1"
 # Config sections a stage-1 result depends on; other stages' sections are left out of the run's
@@ -451,9 +454,11 @@ def _cpu_count() -> int:
 
 
 def _say(env: DistEnv, message: str) -> None:
-    if env.is_main:
-        print(message, flush=True)
+    if env.is_main:  # the console handler is rank 0's only too; this also keeps other ranks' files clean
+        logger.info(message)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun's entry (`-m stage1_nn.train`): through the CLI's error boundary
+    from trajstack.cli import main as cli_main
+
+    sys.exit(cli_main(["stage1", *sys.argv[1:]]))

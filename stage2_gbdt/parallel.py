@@ -42,7 +42,9 @@ def ray_session(address: str | None, n_jobs: int) -> Iterator[None]:
         import ray
         from ray.util.joblib import register_ray
     except ImportError as err:
-        raise RuntimeError("stage2.executor=ray needs the ray extra: pip install -e '.[ray]'") from err
+        from trajstack.config import ConfigError
+
+        raise ConfigError("stage2.executor=ray needs the ray extra: pip install -e '.[ray]'") from err
     started = False
     if not ray.is_initialized():
         kwargs = {"address": address} if address else {"num_cpus": n_jobs}

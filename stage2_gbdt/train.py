@@ -24,15 +24,16 @@ from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
 from stage2_gbdt.params import learner_params, run_config
 from stage2_gbdt.resume import FitStore
-from trajstack.artifacts import ArtifactError, ArtifactStore
+from trajstack.artifacts import ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
+from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
 from trajstack.physics import physics_baseline
-from trajstack.registry import RegistryError
 from trajstack.tables import read_table
 
 Log = Callable[[str], None]
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -55,7 +56,7 @@ def parse_learners(values: list[str] | None, cfg: Config) -> list[str]:
     return keys
 
 
-def prepare(cfg: Config, log: Log = print) -> Stage2Data:
+def prepare(cfg: Config, log: Log = logger.info) -> Stage2Data:
     """Folds, typed tables, feature table and the baselines of `stage2.target_baseline`."""
     spec = cfg.dataset
     folds = ensure_folds(cfg)
@@ -111,7 +112,7 @@ def prediction_frames(data: Stage2Data, result: CVResult) -> tuple[pd.DataFrame,
     return (oof.sort_values(id_col, ignore_index=True), test.sort_values(id_col, ignore_index=True))
 
 
-def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = print) -> Path:
+def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = logger.info) -> Path:
     """Run (or skip, when done with the same config and inputs) learner `key`; its run folder."""
     cfg = data.cfg
     spec = cfg.dataset
@@ -161,18 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="refit even when a finished run matches (older runs are moved aside)")
     # Overrides may come before and after options (the Makefile puts ARGS before --learner).
     args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = config_from_args(args)
-        keys = parse_learners(args.learner, cfg)
-        data = prepare(cfg)
-        for key in keys:
-            train_learner(data, key, force=args.force)
-    except (ArtifactError, RegistryError, ConfigError) as err:
-        # FoldMismatchError and "run stage 1 first" are ArtifactErrors: say it and stop.
-        print(f"trajstack stage2: {err}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    keys = parse_learners(args.learner, cfg)
+    data = prepare(cfg)
+    for key in keys:
+        train_learner(data, key, force=args.force)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trajstack.cli import main as cli_main
+
+    sys.exit(cli_main(["stage2", *sys.argv[1:]]))

@@ -10,13 +10,13 @@ from dataset_factory import TinyDataset, make_tiny_dataset, random_frame
 from PIL import Image
 
 from trajstack import image_cache
+from trajstack.cli import main as cli_main
 from trajstack.image_cache import (
     IMAGES_FILE,
     META_FILE,
     build_or_open_cache,
     cache_folder,
     load_frames_from_png,
-    main,
 )
 from trajstack.tables import DataError
 
@@ -218,14 +218,15 @@ def test_unsafe_id_is_refused(dataset, tmp_path):
 def test_cli_builds_both_splits_then_finds_them_current(dataset, tmp_path, capsys):
     argv = ["--data", str(dataset.root), "--exp", "t", f"cache.dir={tmp_path / 'cache'}", "--no-progress"]
 
-    assert main(argv) == 0
+    assert cli_main(["cache", *argv]) == 0
     assert capsys.readouterr().out.count("built") == 2
-    assert main(argv) == 0
+    assert cli_main(["cache", *argv]) == 0
     assert capsys.readouterr().out.count("up to date") == 2
 
 
 def test_cli_reports_bad_data_with_exit_code_2(dataset, tmp_path, capsys):
     _missing_frame(dataset, dataset.test_ids[0])
 
-    assert main(["--data", str(dataset.root), f"cache.dir={tmp_path}", "--no-progress"]) == 2
-    assert dataset.test_ids[0] in capsys.readouterr().err
+    assert cli_main(["cache", "--data", str(dataset.root), f"cache.dir={tmp_path}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert dataset.test_ids[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

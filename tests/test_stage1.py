@@ -25,8 +25,9 @@ from stage1_nn.data import (
     read_extra_vectors,
     target_baseline,
 )
-from stage1_nn.model import ModelDims, build_model
+from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model
 from trajstack.config import ConfigError, load_config
+from trajstack.errors import TrajstackError
 from trajstack.image_cache import build_or_open_cache
 from trajstack.tables import read_table
 
@@ -205,29 +206,88 @@ def test_frame_subset_is_configurable(tiny):
 TINY_CONVNEXT = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
 
 
-def test_pretrained_weights_come_from_a_local_file_only(tmp_path, monkeypatch):
-    import huggingface_hub
+PRETRAINED_DIMS = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
+                            aux_head=True)
+DEEP_KEY = "stages.3.blocks.0.conv_dw.weight"
 
-    source = timm.create_model("convnext_atto", **TINY_CONVNEXT)  # a 3-channel "pretrained" net
-    weights = tmp_path / "weights.pth"
-    torch.save(source.state_dict(), weights)
-    cfg = ModelConfig(backbone="convnext_atto", pretrained=True, pretrained_file=str(weights),
-                      backbone_kwargs=TINY_CONVNEXT)
-    dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
-                     aux_head=True)
-    model = build_model(cfg, dims)
+
+def _tiny_pretrained(tmp_path):
+    """A 3-channel "pretrained" tiny ConvNeXt, saved as .pth and .safetensors, and its config."""
+    from safetensors.torch import save_file
+
+    source = timm.create_model("convnext_atto", **TINY_CONVNEXT)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    cfg = ModelConfig(backbone="convnext_atto", pretrained=True, backbone_kwargs=TINY_CONVNEXT)
+    return source.state_dict(), cfg
+
+
+def _no_network(monkeypatch):
+    import timm.models._hub as timm_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args} {kwargs}")
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", refuse)
+
+
+def test_pretrained_file_is_read_with_no_network(tmp_path, monkeypatch):
+    source, cfg = _tiny_pretrained(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _no_network(monkeypatch)
+    model = build_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "weights.pth")}),
+                        PRETRAINED_DIMS)
     loaded = model.backbone.state_dict()
     # Deeper layers are the file's; the stem is adapted from 3 to 9 input channels by timm.
-    torch.testing.assert_close(loaded["stages.3.blocks.0.conv_dw.weight"],
-                               source.state_dict()["stages.3.blocks.0.conv_dw.weight"])
+    torch.testing.assert_close(loaded[DEEP_KEY], source[DEEP_KEY])
     assert loaded["stem.0.weight"].shape[1] == 9
+    with pytest.raises(PretrainedWeightsError, match="pretrained_file=.*does not exist"):
+        build_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "nope.pth")}), PRETRAINED_DIMS)
 
-    # Without a file and with nothing in the local Hugging Face cache: a clear error, no download.
+
+def test_pretrained_downloads_through_timm_and_the_hub(tmp_path, monkeypatch):
+    # Online (no HF_HUB_OFFLINE), `pretrained: true` is timm.create_model(pretrained=True): timm asks
+    # the hub for its weights file. The hub call is recorded and served from a local file here.
+    import huggingface_hub
+    import timm.models._hub as timm_hub
+
+    source, cfg = _tiny_pretrained(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        if not filename.endswith(".safetensors"):
+            raise huggingface_hub.errors.EntryNotFoundError(filename)
+        return str(tmp_path / "model.safetensors")
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", fake_download)
+    model = build_model(cfg, PRETRAINED_DIMS)
+    repo = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id
+    assert calls and calls[0] == (repo, "model.safetensors")
+    torch.testing.assert_close(model.backbone.state_dict()[DEEP_KEY], source[DEEP_KEY])
+
+    # A failed download (no network, no cache) is a one-line PretrainedWeightsError saying what to do.
+    def failing_download(repo_id, filename, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot reach huggingface.co\nsecond line")
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", failing_download)
+    with pytest.raises(PretrainedWeightsError, match="could not download.*pretrained_file=PATH") as err:
+        build_model(cfg, PRETRAINED_DIMS)
+    assert "\n" not in str(err.value)
+
+
+def test_pretrained_offline_without_cache_fails_before_any_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    _, cfg = _tiny_pretrained(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    with pytest.raises(FileNotFoundError, match="never downloads.*pretrained_file"):
-        build_model(cfg.model_copy(update={"pretrained_file": None}), dims)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "nope.pth")}), dims)
+    _no_network(monkeypatch)
+    with pytest.raises(PretrainedWeightsError, match="HF_HUB_OFFLINE=1.*pretrained_file=PATH") as err:
+        build_model(cfg, PRETRAINED_DIMS)
+    assert "\n" not in str(err.value) and isinstance(err.value, TrajstackError)
 
 
 def test_physics_baseline_flips_like_the_targets_and_the_net_adds_it_back(tiny):

@@ -13,7 +13,8 @@ from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, create_learner
 from stage2_gbdt.params import params_file
 from stage2_gbdt.resume import FitStore
-from stage2_gbdt.train import main, parse_learners, target_baseline
+from stage2_gbdt.train import parse_learners, target_baseline
+from trajstack.cli import main as cli_main
 from trajstack.config import load_config
 from trajstack.folds import load_folds
 from trajstack.registry import RegistryError
@@ -26,6 +27,11 @@ SMALL = {
 FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
         "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
         *(f"stage2.params.{k}={v}" for k, v in SMALL.items())]
+
+
+def main(argv):
+    """`trajstack stage2 ...` through the CLI and its error boundary (a project error: exit 2)."""
+    return cli_main(["stage2", *argv])
 
 
 def synthetic(n=240, n_targets=2, seed=0):

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from trajstack.errors import TrajstackError
 from trajstack.io import (
     atomic_path,
     data_hash,
@@ -29,6 +30,9 @@ from trajstack.io import (
     write_parquet_atomic,
     write_yaml_atomic,
 )
+from trajstack.logs import FILE_ONLY, attach_run_file, detach_run_files, get_logger
+
+logger = get_logger(__name__)
 
 # Config keys that say where things are, not what is computed: they do not change a result.
 LOCATION_KEYS = ("experiment", "data_dir", "output_dir", "cache")
@@ -41,7 +45,7 @@ VERSIONED_PACKAGES = (
 )
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(TrajstackError, RuntimeError):
     """An artifact that cannot be used as asked; the message says what to do."""
 
 
@@ -110,6 +114,7 @@ class Run:
                 )
             self._archive()
         self.dir.mkdir(parents=True, exist_ok=True)
+        attach_run_file(self.path("log.txt"))  # until another run is opened or the command ends
         write_yaml_atomic(self.dir / "config.yaml", self.config)
         self._write_meta(status="running", started=_now())
         self._t0 = time.perf_counter()
@@ -138,8 +143,8 @@ class Run:
         return self.path(name)
 
     def log(self, message: str) -> None:
-        with open(self.path("log.txt"), "a") as f:
-            f.write(f"{_now()} {message}\n")
+        """A line for this run's log.txt only (detail the stage also summarises on the console)."""
+        logger.info(message, extra=FILE_ONLY)
 
     # ------------------------------------------------------------------ resumable parts
     def part_done(self, part: str) -> bool:
@@ -199,6 +204,7 @@ class ArtifactStore:
             fold_hash: str | None) -> Run:
         _check_name(stage, "stage")
         _check_name(name, "run name")
+        detach_run_files()  # the previous run's lines are over; this one's file opens at begin
         return Run(self.root / stage / name, stage, name, config, dict(inputs), fold_hash)
 
     def finished_runs(self, stage: str | None = None) -> list[RunResult]:

@@ -2,6 +2,11 @@
 
 Every command module exposes `main(argv) -> int`. Commands share the options built by
 `common_parser` (--config, --data, --exp and trailing `key=value` overrides).
+
+The one error boundary: a `TrajstackError` raised anywhere below a command (a config mistake,
+bad data, an artifact that does not match, missing weights) is printed here as one line,
+`trajstack <command>: <message>`, with exit code 2 and no traceback. The console logger is set
+up here too (rank 0 only under torchrun); see `trajstack.logs`.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import argparse
 import importlib
 import sys
 
-from trajstack.artifacts import ArtifactError
-from trajstack.config import Config, ConfigError, load_config
+from trajstack.config import Config, load_config
+from trajstack.errors import TrajstackError, one_line
+from trajstack.logs import detach_run_files, get_logger, process_rank, setup_console
+
+logger = get_logger("cli")
 
 # command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,9 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"trajstack {command}: not built yet ({module_name} does not exist)", file=sys.stderr)
         return 2
+    setup_console()
     try:
         return int(module.main(rest) or 0)
-    except (ConfigError, ArtifactError) as err:
-        # A config mistake, or a finished run / input that does not match: say it and stop.
-        print(f"trajstack {command}: {err}", file=sys.stderr)
+    except TrajstackError as err:
+        # Something the user can fix: say it on one line and stop (bugs keep their traceback).
+        message = f"trajstack {command}: {one_line(err)}"
+        if process_rank() == 0:
+            logger.error(message)  # console (stderr) and the open run's log.txt
+        else:
+            print(f"[rank {process_rank()}] {message}", file=sys.stderr)
         return 2
+    finally:
+        detach_run_files()

@@ -20,12 +20,13 @@ from features.config import FeaturesConfig
 from stage1_nn.config import Stage1Config
 from stage1_nn.vlm.config import VLMConfig
 from stage2_gbdt.config import Stage2Config
+from trajstack.errors import TrajstackError
 from trajstack.spec import DatasetSpec, StrictModel
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(TrajstackError, ValueError):
     """A config file or override that cannot be used; the message says what to change."""
 
 

@@ -18,8 +18,11 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, FoldsConfig
 from trajstack.io import file_hash, read_json, write_csv_atomic, write_json_atomic
+from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
-from trajstack.tables import read_table, scene_and_time, table_path
+from trajstack.tables import existing_table_path, read_table, scene_and_time
+
+logger = get_logger(__name__)
 
 FOLDS_FILE = "folds.csv"
 
@@ -107,7 +110,7 @@ def ensure_folds(cfg: Config) -> Folds:
     path = cfg.experiment_dir / FOLDS_FILE
     meta_path = path.with_suffix(".meta.json")
     wanted = {
-        "train_hash": file_hash(table_path(cfg.data_dir, spec, "train")),
+        "train_hash": file_hash(existing_table_path(cfg.data_dir, spec, "train")),
         "folds_config": cfg.folds.model_dump(mode="json"),
     }
     if path.exists() and meta_path.exists():
@@ -141,6 +144,5 @@ def main(argv: list[str] | None = None) -> int:
     args = common_parser("folds", "write folds.csv (ID, scene, fold) for the experiment").parse_args(argv)
     folds = ensure_folds(config_from_args(args))
     sizes = folds.table.groupby("fold").agg(rows=("ID", "size"), scenes=("scene", "nunique"))
-    print(f"{folds.path} (hash {folds.hash})")
-    print(sizes.to_string())
+    logger.info(f"{folds.path} (hash {folds.hash})\n{sizes.to_string()}")
     return 0

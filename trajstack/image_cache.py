@@ -35,9 +35,12 @@ from tqdm import tqdm
 from trajstack.cli import common_parser, config_from_args
 from trajstack.config import ConfigError
 from trajstack.io import atomic_path, data_hash, read_json, write_json_atomic
+from trajstack.logs import get_logger
 from trajstack.spec import DatasetSpec
 from trajstack.tables import DataError, Split, table_path
 from trajstack.validate import unsafe_id_reason
+
+logger = get_logger(__name__)
 
 try:  # POSIX only; without it concurrent builders of one cache are not serialised
     import fcntl
@@ -118,6 +121,14 @@ def build_or_open_cache(
     DataError : a missing, unreadable or wrongly sized frame, or a bad ID, naming file and ID.
     """
     data_dir = Path(data_dir)
+    if spec.images_dir is None:
+        raise ConfigError(
+            "dataset.images_dir is null (a telemetry-only dataset): there are no frames to cache "
+            "or train stage 1 on; run stage 2 and the blend with features.stage1=false")
+    if spec.frames_folder(data_dir) is None:
+        raise DataError(
+            f"frames folder {data_dir / spec.images_dir} not found. If this dataset has no frames, "
+            "stage 1 cannot run: run stage 2 and the blend with features.stage1=false")
     ids = read_split_ids(data_dir, spec, split)
     folder = cache_folder(data_dir, spec, split, cache_root)
     fingerprint = source_fingerprint(data_dir, spec, split, ids)
@@ -357,19 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 when both caches are ready, 2 when the data or config cannot be used.
     """
     args = _parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        for split in SPLITS:
-            started = time.perf_counter()
-            cache = build_or_open_cache(
-                cfg.data_dir, cfg.dataset, split, cfg.cache_dir,
-                workers=cfg.cache.workers, progress=not args.no_progress,
-            )
-            state = "built" if cache.built else "up to date"
-            print(f"{split}: {len(cache)} rows, {state} in {time.perf_counter() - started:.1f} s: {cache.path}")
-    except (ConfigError, DataError) as err:
-        print(f"trajstack cache: {err}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    for split in SPLITS:
+        started = time.perf_counter()
+        cache = build_or_open_cache(
+            cfg.data_dir, cfg.dataset, split, cfg.cache_dir,
+            workers=cfg.cache.workers, progress=not args.no_progress,
+        )
+        state = "built" if cache.built else "up to date"
+        logger.info(f"{split}: {len(cache)} rows, {state} in {time.perf_counter() - started:.1f} s: {cache.path}")
     return 0
 
 

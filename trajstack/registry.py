@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from trajstack.errors import TrajstackError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError, ValueError):
+class RegistryError(TrajstackError, KeyError, ValueError):
     """An unknown or duplicate registry key (a bad config value); the message lists the valid keys."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message

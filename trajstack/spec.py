@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -39,7 +40,10 @@ class DatasetSpec(StrictModel):
     train_file: str = "train_features.csv"
     test_file: str = "test_features.csv"
     sample_submission_file: str | None = None
-    images_dir: str = "images"
+    # None: a telemetry-only dataset (no frames): validate checks tables (and traffic lights),
+    # stage 1 and the image cache refuse, stage 2 runs with features.stage1=false.
+    images_dir: str | None = "images"
+    # None: no traffic-light detections (the traffic_lights builder then adds no columns).
     traffic_lights_dir: str | None = "traffic_lights"
     id_column: str = "ID"
     id_pattern: str
@@ -80,6 +84,13 @@ class DatasetSpec(StrictModel):
         return self
 
     # ------------------------------------------------------------------ derived names
+    def frames_folder(self, data_dir: str | Path) -> Path | None:
+        """The dataset's frames folder, or None for a telemetry-only dataset (unset or absent)."""
+        if self.images_dir is None:
+            return None
+        folder = Path(data_dir) / self.images_dir
+        return folder if folder.is_dir() else None
+
     @cached_property
     def id_regex(self) -> re.Pattern[str]:
         return re.compile(self.id_pattern)

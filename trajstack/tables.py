@@ -13,12 +13,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from trajstack.errors import TrajstackError
 from trajstack.spec import DatasetSpec
 
 Split = Literal["train", "test"]
 
 
-class DataError(ValueError):
+class DataError(TrajstackError, ValueError):
     """Input data the pipeline cannot use; the message names file, row and column."""
 
 
@@ -26,10 +27,21 @@ def table_path(data_dir: str | Path, spec: DatasetSpec, split: Split) -> Path:
     return Path(data_dir) / (spec.train_file if split == "train" else spec.test_file)
 
 
-def read_raw_table(path: Path, spec: DatasetSpec) -> pd.DataFrame:
-    """The CSV as strings for non-float columns (nothing interpreted yet)."""
+def existing_table_path(data_dir: str | Path, spec: DatasetSpec, split: Split) -> Path:
+    """`table_path`, checked to exist (DataError naming the file otherwise)."""
+    path = table_path(data_dir, spec, split)
+    _require_file(path)
+    return path
+
+
+def _require_file(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: file not found (is --data / DATA= the dataset folder?)")
+
+
+def read_raw_table(path: Path, spec: DatasetSpec) -> pd.DataFrame:
+    """The CSV as strings for non-float columns (nothing interpreted yet)."""
+    _require_file(path)
     str_cols = [spec.id_column, *spec.columns_of_kind("bool"), *spec.columns_of_kind("category")]
     return pd.read_csv(path, dtype={c: str for c in str_cols}, keep_default_na=True)
 

@@ -6,6 +6,10 @@ far enough to read its header (size, mode) plus its last bytes (a complete PNG e
 so 43k rows x 3 frames take seconds, not minutes. Problems that stop
 the pipeline are errors (exit code 2); NaN telemetry, a missing traffic-light file and unsorted
 rows are warnings, because the pipeline copes with them.
+
+A telemetry-only dataset (no frames) validates with `--telemetry-only` or
+`dataset.images_dir=null`: the frames are not looked for, and the summary says which switch
+made it so. Without either, a missing frames folder is one error that names both.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from trajstack.cli import common_parser, config_from_args
-from trajstack.config import ConfigError
 from trajstack.spec import DatasetSpec
 from trajstack.tables import DataError, Split, parse_bool, read_raw_table
 
@@ -69,6 +72,7 @@ class ValidationReport:
     warnings_not_shown: int = 0
     rows_checked: dict[str, int] = field(default_factory=dict)
     frames_checked: int = 0
+    notes: list[str] = field(default_factory=list)  # how the dataset was checked (modes, skips)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +121,7 @@ def validate_dataset(
     check_images: bool = True,
     progress: bool = True,
     workers: int = 2,
+    telemetry_only: bool = False,
 ) -> ValidationReport:
     """Check a dataset folder against the spec and collect every problem.
 
@@ -129,6 +134,8 @@ def validate_dataset(
         traffic-light JSON. ``False`` checks the tables alone, in a fraction of the time.
     progress : show a progress bar over the rows' files (on a terminal).
     workers : processes checking the rows' files (used from a few thousand rows on).
+    telemetry_only : the dataset has no frames (`--telemetry-only`): do not look for them, as
+        with ``spec.images_dir=None``.
 
     Returns
     -------
@@ -147,12 +154,45 @@ def validate_dataset(
             report.rows_checked[split] = len(table)
     if "train" in tables and "test" in tables:
         _check_shared_scenes(tables["train"], tables["test"], spec, report)
+    if telemetry_only:
+        spec = spec.model_copy(update={"images_dir": None})
     if check_images:
-        for split, table in tables.items():
-            _check_row_files(
-                data_dir, spec, split, _path_safe_ids(table, spec), report, progress, workers
-            )
+        check_frames = _frames_checkable(data_dir, spec, report, "--telemetry-only" if telemetry_only
+                                         else "dataset.images_dir is null")
+        check_lights = _lights_checkable(data_dir, spec, report)
+        if check_frames or check_lights:
+            for split, table in tables.items():
+                _check_row_files(data_dir, spec, split, _path_safe_ids(table, spec), report,
+                                 progress, workers, check_frames, check_lights)
     return report
+
+
+def _frames_checkable(data_dir: Path, spec: DatasetSpec, report: ValidationReport, why: str) -> bool:
+    """Whether to check each row's frames; a telemetry-only dataset or a missing folder say why not."""
+    if spec.images_dir is None:
+        report.notes.append(f"telemetry-only mode ({why}): frames not checked; stage 1 needs frames, "
+                            "run stage 2 and the blend with features.stage1=false")
+        return False
+    if not (data_dir / spec.images_dir).is_dir():
+        report.error(spec.images_dir, None, None,
+                     f"frames folder not found in {data_dir}. If this dataset has no frames, "
+                     "validate it with --telemetry-only (or dataset.images_dir=null) and run stage 2 "
+                     "and the blend with features.stage1=false")
+        return False
+    return True
+
+
+def _lights_checkable(data_dir: Path, spec: DatasetSpec, report: ValidationReport) -> bool:
+    """Whether to check each row's traffic-light file; no folder at all is one warning."""
+    if spec.traffic_lights_dir is None:
+        return False
+    if not (data_dir / spec.traffic_lights_dir).is_dir():
+        report.warning(spec.traffic_lights_dir, None, None,
+                       f"traffic-light folder not found in {data_dir}: no traffic-light features "
+                       "(the traffic_lights builder adds no columns); set "
+                       "dataset.traffic_lights_dir=null to say the dataset has none")
+        return False
+    return True
 
 
 def unsafe_id_reason(row_id: str) -> str | None:
@@ -394,9 +434,11 @@ def _check_row_files(
     report: ValidationReport,
     progress: bool,
     workers: int,
+    check_frames: bool = True,
+    check_lights: bool = True,
 ) -> None:
     chunks = [ids[start:start + ROWS_PER_TASK] for start in range(0, len(ids), ROWS_PER_TASK)]
-    check_chunk = partial(_check_rows, data_dir, spec)
+    check_chunk = partial(_check_rows, data_dir, spec, check_frames, check_lights)
     light_missing: list[str] = []
     bar = tqdm(total=len(ids), desc=f"checking {split} files", unit="row",
                disable=None if progress else True)
@@ -432,24 +474,27 @@ def _parallel_map(workers: int) -> Iterator[Callable[..., Iterator[Any]]]:
         yield pool.map
 
 
-def _check_rows(data_dir: Path, spec: DatasetSpec, ids: list[str]) -> list[_RowFileResult]:
-    return [_check_one_row(data_dir, spec, row_id) for row_id in ids]
+def _check_rows(data_dir: Path, spec: DatasetSpec, check_frames: bool, check_lights: bool,
+                ids: list[str]) -> list[_RowFileResult]:
+    return [_check_one_row(data_dir, spec, row_id, check_frames, check_lights) for row_id in ids]
 
 
-def _check_one_row(data_dir: Path, spec: DatasetSpec, row_id: str) -> _RowFileResult:
+def _check_one_row(data_dir: Path, spec: DatasetSpec, row_id: str, check_frames: bool = True,
+                   check_lights: bool = True) -> _RowFileResult:
     problems: list[tuple[Severity, Problem]] = []
     frames_checked = 0
-    folder_name = f"{spec.images_dir}/{row_id}"
-    folder = data_dir / spec.images_dir / row_id
-    if not folder.is_dir():
-        problems.append(("error", Problem(folder_name, row_id, None, "image folder missing")))
-    else:
-        for frame in spec.frames:
-            frames_checked += 1
-            for message in image_problems(folder / frame, spec):
-                problems.append(("error", Problem(f"{folder_name}/{frame}", row_id, None, message)))
+    if check_frames and spec.images_dir is not None:
+        folder_name = f"{spec.images_dir}/{row_id}"
+        folder = data_dir / spec.images_dir / row_id
+        if not folder.is_dir():
+            problems.append(("error", Problem(folder_name, row_id, None, "image folder missing")))
+        else:
+            for frame in spec.frames:
+                frames_checked += 1
+                for message in image_problems(folder / frame, spec):
+                    problems.append(("error", Problem(f"{folder_name}/{frame}", row_id, None, message)))
     light_missing = False
-    if spec.traffic_lights_dir:
+    if check_lights and spec.traffic_lights_dir:
         light_name = f"{spec.traffic_lights_dir}/{row_id}.json"
         light_path = data_dir / light_name
         if not light_path.is_file():
@@ -540,15 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     valid, 2 otherwise.
     """
     args = _parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as err:
-        print(f"trajstack validate: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    cfg = config_from_args(args)
     data_dir = Path(cfg.data_dir)
     report = validate_dataset(
         data_dir, cfg.dataset, max_problems=args.max_problems,
         check_images=not args.no_images, progress=not args.no_progress, workers=args.workers,
+        telemetry_only=args.telemetry_only,
     )
     print_report(report, data_dir)
     return EXIT_VALID if report.ok else EXIT_INVALID
@@ -565,6 +607,8 @@ def print_report(report: ValidationReport, data_dir: Path, stream=None) -> None:
         if not_shown:
             print(f"{severity:<7} ... and {not_shown} more {severity}s (raise --max-problems to list them)",
                   file=stream)
+    for note in report.notes:
+        print(f"{'note':<7} {note}", file=stream)
     print(f"{data_dir}: {report.summary()}", file=stream)
 
 
@@ -574,6 +618,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="errors and warnings listed in full (the rest are counted)")
     parser.add_argument("--no-images", action="store_true",
                         help="check the tables only, not the frames and traffic-light files")
+    parser.add_argument("--telemetry-only", action="store_true",
+                        help="a dataset without frames: check tables and traffic lights, not images "
+                             "(the same as dataset.images_dir=null)")
     parser.add_argument("--workers", type=int, default=2, help="processes checking the files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trajstack.config import Config
+from trajstack.errors import TrajstackError
 from trajstack.io import atomic_path, data_hash, read_json, write_json_atomic
 
 CACHE_FORMAT = 1  # bump when the layout or the prompt rendering changes
@@ -29,7 +30,7 @@ META_FILE, IDS_FILE = "meta.json", "ids.npy"
 IDENTITY_KEYS = ("model", "model_fingerprint", "prompt_hash", "ids_hash")
 
 
-class VLMCacheError(RuntimeError):
+class VLMCacheError(TrajstackError, RuntimeError):
     """A VLM feature cache that cannot be used as asked; the message says what to do."""
 
 

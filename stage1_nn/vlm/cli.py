@@ -9,12 +9,10 @@ from __future__ import annotations
 import sys
 
 from trajstack.cli import common_parser, config_from_args
-from trajstack.config import ConfigError
 from trajstack.io import write_parquet_atomic
-from trajstack.tables import DataError
+from trajstack.logs import get_logger
 
-from .cache import VLMCacheError
-from .model import VLMModelNotFoundError
+logger = get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,21 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(cfg.vlm.threads)
-    try:
-        for split in cfg.vlm.splits:
-            result = extract_split(cfg, split, force=args.force)
-            speed = f", {result.rows_per_s:.1f} rows/s" if result.rows_per_s else ""
-            state = (f"computed {result.computed_chunks}/{result.total_chunks} chunks"
-                     if result.computed_chunks else "up to date")
-            print(f"{split}: {result.n_rows} rows, {state} in {result.seconds:.1f} s{speed}: {result.folder}")
-        if args.export:
-            write_parquet_atomic(args.export, vlm_feature_table(cfg, cfg.vlm.splits))
-            print(f"exported {args.export}")
-    except (ConfigError, DataError, VLMCacheError, VLMModelNotFoundError) as err:
-        print(f"trajstack vlm: {err}", file=sys.stderr)
-        return 2
+    for split in cfg.vlm.splits:
+        result = extract_split(cfg, split, force=args.force)
+        speed = f", {result.rows_per_s:.1f} rows/s" if result.rows_per_s else ""
+        state = (f"computed {result.computed_chunks}/{result.total_chunks} chunks"
+                 if result.computed_chunks else "up to date")
+        logger.info(f"{split}: {result.n_rows} rows, {state} in {result.seconds:.1f} s{speed}: {result.folder}")
+    if args.export:
+        write_parquet_atomic(args.export, vlm_feature_table(cfg, cfg.vlm.splits))
+        logger.info(f"exported {args.export}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trajstack.cli import main as cli_main
+
+    sys.exit(cli_main(["vlm", *sys.argv[1:]]))

@@ -66,7 +66,8 @@ class PromptConfig(StrictModel):
 
 class VLMConfig(StrictModel):
     enabled: bool = False  # stage 1 fuses the cached features when true
-    # Hub ID (looked up in the local Hugging Face cache only) or a local folder.
+    # A local folder, or a hub ID: downloaded into the Hugging Face cache on first use (offline,
+    # HF_HUB_OFFLINE=1: read from the cache only).
     model: str = "Qwen/Qwen2-VL-2B-Instruct"
     hf_cache_dir: str | None = None  # None: the default HF cache (HF_HOME / HF_HUB_CACHE)
     prompt: PromptConfig = PromptConfig()

@@ -65,7 +65,7 @@ def _check_model(cfg: Config, meta: dict, folder: Path) -> None:
         raise VLMCacheError(f"{folder} holds features of model '{meta.get('model')}', but this run "
                             f"uses vlm.model='{cfg.vlm.model}'; extract them with this model first")
     try:
-        model_dir = resolve_model_dir(cfg.vlm)
+        model_dir = resolve_model_dir(cfg.vlm, download=False)  # a check: never a download
     except VLMModelNotFoundError:
         return  # the cache may have been copied from the machine that ran the model
     fingerprint = model_fingerprint(model_dir)

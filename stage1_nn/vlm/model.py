@@ -1,8 +1,10 @@
-"""Find Qwen2-VL locally (never download), load it, and embed rows: `VLMRunner.embed`.
+"""Find or download Qwen2-VL, load it, and embed rows: `VLMRunner.embed`.
 
-The model comes from a local folder or the local Hugging Face cache only
-(``local_files_only=True``); when neither holds it, `VLMModelNotFoundError` says how to get
-the weights on a machine with internet. transformers is imported lazily (the `vlm` extra).
+`vlm.model` is a local folder, or a Hugging Face repo id (`Qwen/Qwen2-VL-2B-Instruct`) that the
+hub's `snapshot_download` fetches into its cache (the download and cache `from_pretrained`
+uses; a cached snapshot is reused). Offline (`HF_HUB_OFFLINE=1`) only the cache is read; when
+it lacks the model, `VLMModelNotFoundError` says how to get it. transformers is imported
+lazily (the `vlm` extra).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from trajstack.errors import TrajstackError
+from trajstack.hub import hub_offline
 from trajstack.io import data_hash
 
 from .config import VLMConfig
@@ -21,7 +25,7 @@ from .config import VLMConfig
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class VLMModelNotFoundError(FileNotFoundError):
+class VLMModelNotFoundError(TrajstackError, FileNotFoundError):
     """The configured VLM is neither a local folder nor in the local Hugging Face cache."""
 
 
@@ -29,19 +33,23 @@ def _not_found(model: str, where: str) -> VLMModelNotFoundError:
     name = model if "/" in model and not Path(model).is_absolute() else "Qwen/Qwen2-VL-2B-Instruct"
     folder = name.split("/")[-1]
     return VLMModelNotFoundError(
-        f"VLM model '{model}' not found: {where}. Nothing is downloaded at run time. On a machine "
-        f"with internet run `huggingface-cli download {name} --local-dir /path/to/{folder}` "
-        f"(or `hf download {name} --local-dir ...`), copy that folder here, then pass "
-        f"`vlm.model=/path/to/{folder}` (or fill the Hugging Face cache and set vlm.hf_cache_dir)."
+        f"VLM model '{model}' not found: {where}. With internet, `vlm.model={name}` downloads it "
+        f"(unset HF_HUB_OFFLINE). Offline: on a machine with internet run "
+        f"`hf download {name} --local-dir /path/to/{folder}` (or `huggingface-cli download ...`), "
+        f"copy that folder here and pass `vlm.model=/path/to/{folder}` (or copy the Hugging Face "
+        f"cache and set vlm.hf_cache_dir)."
     )
 
 
-def resolve_model_dir(cfg: VLMConfig) -> Path:
-    """The local folder holding `cfg.model`: the path itself, or its snapshot in the HF cache.
+def resolve_model_dir(cfg: VLMConfig, download: bool = True) -> Path:
+    """The local folder holding `cfg.model`: the path itself, or its hub snapshot (downloaded
+    into the Hugging Face cache unless it is there already, the hub is offline or `download`
+    is False).
 
     Raises
     ------
-    VLMModelNotFoundError : neither exists locally (the message says how to fetch it).
+    VLMModelNotFoundError : not a folder, and the hub can neither serve it from the cache nor
+        download it (offline, no network, unknown repo); the message says how to get it.
     """
     path = Path(cfg.model).expanduser()
     if path.is_dir():
@@ -50,14 +58,19 @@ def resolve_model_dir(cfg: VLMConfig) -> Path:
         return path
     if path.is_absolute() or cfg.model.startswith((".", "~")) or cfg.model.count("/") != 1:
         raise _not_found(cfg.model, f"no folder {path}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
 
+    offline = hub_offline() or not download
     try:
-        snapshot = Path(snapshot_download(cfg.model, cache_dir=cfg.hf_cache_dir, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        snapshot = Path(huggingface_hub.snapshot_download(cfg.model, cache_dir=cfg.hf_cache_dir,
+                                                          local_files_only=offline))
+    except (HFValidationError, OSError) as err:  # the hub's lookup and download errors
         where = cfg.hf_cache_dir or "the default Hugging Face cache"
-        raise _not_found(cfg.model, f"not a folder and not in {where}") from None
+        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline()
+               else "it was not to be downloaded here" if not download
+               else f"the download failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        raise _not_found(cfg.model, f"not a folder, not in {where}, and {why}") from None
     if not (snapshot / "config.json").is_file():
         raise _not_found(cfg.model, f"the cached snapshot {snapshot} has no config.json")
     return snapshot
@@ -75,9 +88,11 @@ def pick_device_dtype(cfg: VLMConfig) -> tuple[Any, Any]:
     """(torch device, dtype): bf16 on GPU and fp32 on CPU unless `vlm.precision` says otherwise."""
     import torch
 
+    from trajstack.config import ConfigError
+
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
-        raise RuntimeError("vlm.device=cuda but no CUDA device is visible")
+        raise ConfigError("vlm.device=cuda but no CUDA device is visible; use vlm.device=auto or cpu")
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
     precision = cfg.precision
     if precision == "auto":
