@@ -93,8 +93,10 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         key, params, ft.train[ft.feature_columns], data.labels[cfg.dataset.target_columns].to_numpy(float),
         ft.test[ft.feature_columns], data.folds.fold_of(ft.train[ft.id_column]),
         target_names=cfg.dataset.target_columns, baseline_train=data.baseline_train,
-        baseline_test=data.baseline_test, early_stopping_rounds=s2.early_stopping_rounds,
-        seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
+        baseline_test=data.baseline_test,
+        groups=data.folds.scene_of(ft.train[ft.id_column]),
+        early_stopping_rounds=s2.early_stopping_rounds, stop_fraction=s2.stop_fraction,
+        refit=s2.refit, seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
         executor=s2.executor, ray_address=s2.ray_address, resume=resume,
     )
 

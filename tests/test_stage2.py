@@ -145,6 +145,57 @@ def test_oof_rows_and_folds_match_folds_csv(tiny, tmp_path):
     assert len(fits) == 18 * 3  # every (target, fold) fit saved for a resume
 
 
+class EvalRecorder(GBDTRegressor):
+    """Records the `row` feature of every row it fits on and every row it early-stops on."""
+
+    calls: list[dict] = []
+
+    def fit(self, X, y, eval_set=None):
+        stop = np.concatenate([Xv[:, 0] for Xv, _ in eval_set]) if eval_set else np.array([])
+        EvalRecorder.calls.append({"fit": X[:, 0].astype(int), "stop": stop.astype(int),
+                                   "rounds": (self.params or {}).get("n_estimators")})
+        self.best_iteration_, self.feature_importances_ = 3, np.zeros(X.shape[1])
+        return self
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_no_scored_row_reaches_early_stopping(monkeypatch, refit):
+    monkeypatch.setitem(LEARNERS._entries, "recorder", EvalRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    X, Y, folds = synthetic()
+    X.insert(0, "row", np.arange(len(X), dtype=float))
+    scenes = np.arange(len(X)) // 6  # 6 rows a scene; folds below keep scenes whole
+    folds = scenes % 4
+    cross_validate("recorder", {}, X, Y[:, :1], X.iloc[:5], folds, target_names=["t0"],
+                   groups=scenes, early_stopping_rounds=5, refit=refit, seed=3)
+    stopped = [c for c in EvalRecorder.calls if len(c["stop"])]
+    assert len(stopped) == 4  # one stopping fit per fold
+    for call in stopped:
+        (fold,) = set(range(4)) - set(folds[call["fit"]])  # the fold this fit scores
+        scored = np.flatnonzero(folds == fold)
+        assert len(call["stop"]) and not np.isin(call["stop"], scored).any()
+        assert not np.isin(call["fit"], scored).any()
+        # scenes do not straddle the inner split
+        assert not set(scenes[call["stop"]]) & set(scenes[call["fit"]])
+        assert 0.1 < len(set(scenes[call["stop"]])) / len(set(scenes[folds != fold])) < 0.3
+    refits = [c for c in EvalRecorder.calls if not len(c["stop"])]
+    assert len(refits) == (4 if refit else 0)
+    for call in refits:  # the refit sees every training row once, with the rounds found
+        (fold,) = set(range(4)) - set(folds[call["fit"]])
+        assert sorted(call["fit"]) == sorted(np.flatnonzero((folds != fold) & ~np.isnan(Y[:, 0])))
+        assert call["rounds"] == 3
+
+
+def test_refit_and_kept_stopped_model_both_learn():
+    X, Y, _ = synthetic()
+    for refit in (True, False):
+        result = cv(refit=refit)
+        assert result.scores["mae"] < 0.5 * np.nanmean(np.abs(Y - np.nanmean(Y, 0)))
+
+
 class PowerCut(LightGBMRegressor):
     """LightGBM that counts its fits and fails on the `fail_at`-th one (None: never)."""
 
@@ -161,15 +212,16 @@ class PowerCut(LightGBMRegressor):
 def test_an_interrupted_learner_resumes_with_only_the_missing_fits(monkeypatch, tmp_path):
     monkeypatch.setitem(LEARNERS._entries, "powercut", PowerCut)
     store = FitStore(tmp_path / "fits", signature="abc")
+    # refit=False: one library fit per (target, fold) task, so fits count tasks
     monkeypatch.setattr(PowerCut, "fail_at", 6)
     with pytest.raises(RuntimeError, match="power cut"):
-        cv("powercut", SMALL["lightgbm"], resume=store)
+        cv("powercut", SMALL["lightgbm"], resume=store, refit=False)
     assert len(list(store.folder.glob("*.npz"))) == 5  # the 5 fits that returned, of 2 x 4
     monkeypatch.setattr(PowerCut, "fits", 0)
     monkeypatch.setattr(PowerCut, "fail_at", None)
-    resumed = cv("powercut", SMALL["lightgbm"], resume=store)
+    resumed = cv("powercut", SMALL["lightgbm"], resume=store, refit=False)
     assert PowerCut.fits == 3  # only the missing ones
-    uninterrupted = cv("lightgbm")
+    uninterrupted = cv("lightgbm", refit=False)
     np.testing.assert_array_equal(resumed.oof, uninterrupted.oof)
     np.testing.assert_array_equal(resumed.test, uninterrupted.test)
     pd.testing.assert_frame_equal(resumed.importance, uninterrupted.importance)
