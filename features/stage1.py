@@ -27,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from features.base import BuildContext, register_builder
-from trajstack.artifacts import ArtifactError, ArtifactStore, RunResult
+from trajstack.artifacts import (
+    OOF_EMB_FILE,
+    TEST_EMB_FILE,
+    TEST_FILE,
+    ArtifactError,
+    ArtifactStore,
+    RunResult,
+    fold_dir_name,
+)
 from trajstack.spec import DatasetSpec
 
 
@@ -59,8 +67,10 @@ def stage1_runs(ctx: BuildContext) -> list[RunResult]:
 
 
 def stage1_inputs(ctx: BuildContext) -> dict[str, str]:
+    """The stage-1 runs read, keyed `run:stage1/<name>`, by the digest of their outputs' contents
+    (not their config): a rerun that writes the same bytes keeps the cache key."""
     runs = stage1_runs(ctx)
-    return {f"stage1/{r.meta['run']}": str(r.meta.get("signature")) for r in runs} | {
+    return {r.input_key: r.output_digest for r in runs} | {
         "folds": ctx.folds.hash if ctx.folds else ""}
 
 
@@ -101,7 +111,7 @@ def embedding_pca(run: RunResult, oof: pd.DataFrame, test_ids: pd.Series, spec: 
     """
     from sklearn.decomposition import PCA  # only when asked for: sklearn is slow to import
 
-    emb = np.load(run.dir / "oof_emb.npy")
+    emb = np.load(run.dir / OOF_EMB_FILE)
     preds = oof[spec.target_columns].to_numpy(float)
     train = np.full((len(oof), n_components), np.nan)
     test_sum, reference = np.zeros((len(test_ids), n_components)), None
@@ -117,10 +127,10 @@ def embedding_pca(run: RunResult, oof: pd.DataFrame, test_ids: pd.Series, spec: 
             reference = coef
         sign = np.where((coef * reference).sum(0) < 0, -1.0, 1.0)
         train[rows] = own * sign
-        fold_dir = run.dir / f"fold{k}"
-        test_emb = np.load(fold_dir / "test_emb.npy")
-        order = (pd.read_parquet(fold_dir / "test.parquet")[spec.id_column]
-                 if (fold_dir / "test.parquet").exists() else run.test()[spec.id_column])
+        fold_dir = run.dir / fold_dir_name(k)
+        test_emb = np.load(fold_dir / TEST_EMB_FILE)
+        order = (pd.read_parquet(fold_dir / TEST_FILE)[spec.id_column]
+                 if (fold_dir / TEST_FILE).exists() else run.test()[spec.id_column])
         projected = pd.DataFrame(pca.transform(test_emb) * sign, index=order.to_numpy())
         test_sum += projected.reindex(test_ids.to_numpy()).to_numpy()
     return train, test_sum / len(folds)

@@ -14,6 +14,7 @@ from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, cre
 from stage2_gbdt.params import params_file
 from stage2_gbdt.resume import FitStore
 from stage2_gbdt.train import main, parse_learners, target_baseline
+from trajstack.artifacts import OOF_FILE, TEST_FILE
 from trajstack.config import load_config
 from trajstack.folds import load_folds
 from trajstack.registry import RegistryError
@@ -92,13 +93,13 @@ def test_swapping_the_learner_is_a_config_change_only(tiny, tmp_path, capsys):
     root = tmp_path / "demo" / "stage2"
     for key in ("xgboost", "catboost"):
         run = root / key
-        assert {"config.yaml", "meta.json", "oof.parquet", "test.parquet", "importance.csv",
+        assert {"config.yaml", "meta.json", OOF_FILE, TEST_FILE, "importance.csv",
                 "importance.png"} <= {p.name for p in run.iterdir()}
         params = yaml.safe_load((run / "config.yaml").read_text())["stage2"]["params"]
         assert list(params) == [key]  # the file's defaults merged with the override
         defaults = yaml.safe_load(params_file(key).read_text())
         assert params[key] == {**defaults, **SMALL[key]}
-        oof, test = pd.read_parquet(run / "oof.parquet"), pd.read_parquet(run / "test.parquet")
+        oof, test = pd.read_parquet(run / OOF_FILE), pd.read_parquet(run / TEST_FILE)
         targets = load_config("demo").dataset.target_columns
         assert list(oof.columns) == ["ID", "fold", *targets] and list(test.columns) == ["ID", *targets]
         assert oof["ID"].is_monotonic_increasing and sorted(oof["ID"]) == sorted(tiny.train_ids)
@@ -136,7 +137,7 @@ def test_oof_covers_each_row_once_from_a_model_that_never_saw_it(monkeypatch):
 
 def test_oof_rows_and_folds_match_folds_csv(tiny, tmp_path):
     assert main(_args(tiny, tmp_path, "--learner", "lightgbm", "features.stage1=false")) == 0
-    oof = pd.read_parquet(tmp_path / "demo" / "stage2" / "lightgbm" / "oof.parquet")
+    oof = pd.read_parquet(tmp_path / "demo" / "stage2" / "lightgbm" / OOF_FILE)
     folds = load_folds(tmp_path / "demo" / "folds.csv")
     assert oof["ID"].is_unique and len(oof) == len(tiny.train_ids)
     assert (oof["fold"].to_numpy() == folds.fold_of(oof["ID"])).all()
@@ -298,14 +299,14 @@ def test_stage1_target_baseline_adds_the_stage1_predictions_back(tiny, tmp_path)
                       "features.builders=[telemetry, stage1]", *no_splits)) == 0
     out = tmp_path / "s1b" / "stage2" / "lightgbm"
     targets = cfg.dataset.target_columns
-    oof = pd.read_parquet(out / "oof.parquet").set_index("ID")
-    s1_oof = pd.read_parquet(run_dir / "oof.parquet").set_index("ID").loc[oof.index]
+    oof = pd.read_parquet(out / OOF_FILE).set_index("ID")
+    s1_oof = pd.read_parquet(run_dir / OOF_FILE).set_index("ID").loc[oof.index]
     residual = oof[targets] - s1_oof[targets]
     spread = residual.groupby(oof["fold"]).agg(lambda v: v.max() - v.min())
     assert spread.to_numpy().max() < 1e-9
     assert residual.abs().to_numpy().max() < 1.0  # the constant is a small correction, not the target
-    test = pd.read_parquet(out / "test.parquet").set_index("ID")
-    s1_test = pd.read_parquet(run_dir / "test.parquet").set_index("ID").loc[test.index]
+    test = pd.read_parquet(out / TEST_FILE).set_index("ID")
+    s1_test = pd.read_parquet(run_dir / TEST_FILE).set_index("ID").loc[test.index]
     test_residual = test[targets] - s1_test[targets]
     assert (test_residual.max() - test_residual.min()).max() < 1e-9
     assert "target baseline stage1" in (out / "log.txt").read_text()
