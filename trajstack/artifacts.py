@@ -134,11 +134,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def result_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that can change a result, for a stage of unknown sections."""
-    return Stage("any").result_config(config)
-
-
 def output_hashes(run_dir: Path) -> dict[str, str]:
     """Content hash of every output of a run folder (`HASHED_OUTPUTS`), by relative path."""
     paths = sorted({p for pattern in HASHED_OUTPUTS for p in run_dir.glob(pattern) if p.is_file()})
