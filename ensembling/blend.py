@@ -14,10 +14,10 @@ import pandas as pd
 
 from ensembling.config import BlendConfig
 from ensembling.fitting import BlendFit, fit_blend
-from ensembling.inputs import BLEND_STAGE, BlendInputs, load_inputs
+from ensembling.inputs import BLEND, BlendInputs, load_inputs
 from ensembling.optimizers import OPTIMIZERS
 from ensembling.submission import check_submission, write_submission
-from trajstack.artifacts import ArtifactStore, Run
+from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore, Run
 from trajstack.config import Config, ConfigError
 from trajstack.folds import ensure_folds
 from trajstack.io import file_hash
@@ -26,11 +26,6 @@ from trajstack.metrics import mae_report
 from trajstack.tables import table_path
 
 logger = get_logger(__name__)
-
-# The config sections a blend depends on. Upstream sections (stage1, features, stage2, ...)
-# reach it through its inputs' signatures, and report/tracking change no number, so editing
-# them does not invalidate a finished blend.
-CONFIG_KEYS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "blend")
 
 
 def optimizer_params(blend: BlendConfig) -> dict[str, Any]:
@@ -42,11 +37,12 @@ def optimizer_params(blend: BlendConfig) -> dict[str, Any]:
 def blend_run(cfg: Config, inputs: BlendInputs, fold_hash: str) -> Run:
     """The artifact-store run of this blend (outputs/<exp>/blend/<name>/)."""
     spec = cfg.dataset
-    signature_inputs = {r.name: str(r.meta.get("signature")) for r in inputs.runs}
+    # Each input run by the digest of its outputs: a rerun writing the same bytes changes nothing.
+    signature_inputs = {r.input_key: r.output_digest for r in inputs.runs}
     signature_inputs["train"] = file_hash(table_path(cfg.data_dir, spec, "train"))
     signature_inputs["test"] = file_hash(table_path(cfg.data_dir, spec, "test"))
-    config = {k: v for k, v in cfg.to_dict().items() if k in CONFIG_KEYS}
-    return ArtifactStore(cfg.experiment_dir).run(BLEND_STAGE, cfg.blend.run_name, config,
+    config = BLEND.run_config(cfg.to_dict())
+    return ArtifactStore(cfg.experiment_dir).run(BLEND, cfg.blend.run_name, config,
                                                  signature_inputs, fold_hash)
 
 
@@ -104,13 +100,13 @@ def write_blend_artifacts(run: Run, cfg: Config, inputs: BlendInputs, fit: Blend
     oof = pd.DataFrame(honest, columns=targets)
     oof.insert(0, "fold", inputs.fold)
     oof.insert(0, spec.id_column, inputs.train_ids)
-    run.write_parquet("oof.parquet", oof)
+    run.write_parquet(OOF_FILE, oof)
     in_sample = pd.DataFrame(fit.oof_in_sample, columns=targets)
     in_sample.insert(0, spec.id_column, inputs.train_ids)
     run.write_parquet("oof_in_sample.parquet", in_sample)
     test = pd.DataFrame(fit.test, columns=targets)
     test.insert(0, spec.id_column, inputs.test_ids)
-    run.write_parquet("test.parquet", test)
+    run.write_parquet(TEST_FILE, test)
     return scores
 
 
@@ -122,7 +118,7 @@ def _weight_table(weights: np.ndarray, names: list[str], targets: list[str]) -> 
 def write_blend_submission(cfg: Config, run: Run, inputs: BlendInputs) -> tuple[Any, np.ndarray]:
     """outputs/<exp>/<submission_file> from the blend's test table, checked before returning."""
     spec = cfg.dataset
-    test = pd.read_parquet(run.path("test.parquet")).set_index(spec.id_column)
+    test = pd.read_parquet(run.path(TEST_FILE)).set_index(spec.id_column)
     predictions = test.loc[inputs.test_ids, spec.target_columns].to_numpy(float)
     path = write_submission(cfg.experiment_dir / cfg.blend.submission_file, predictions, spec)
     check_submission(path, cfg.data_dir, spec)

@@ -2,7 +2,8 @@
 
 Runs are read through the artifact store only. They must share one fold hash (the
 experiment's folds.csv) and predict the same train IDs; test predictions are aligned to the
-row order of the test file.
+row order of the test file. A run whose own inputs went stale (an upstream run rewrote its
+outputs since) is left out with a one-line note naming the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trajstack.artifacts import ArtifactError, ArtifactStore, FoldMismatchError, RunResult
+from trajstack.artifacts import (
+    OOF_FILE,
+    PREDICTION_FILES,
+    TEST_FILE,
+    ArtifactError,
+    ArtifactStore,
+    FoldMismatchError,
+    RunResult,
+    Stage,
+)
 from trajstack.config import Config
 from trajstack.folds import Folds
 from trajstack.logs import get_logger
@@ -22,8 +32,11 @@ from trajstack.tables import read_table
 
 logger = get_logger(__name__)
 
-BLEND_STAGE = "blend"
-PREDICTION_FILES = ("oof.parquet", "test.parquet")
+# The blend's config sections; upstream sections (stage1, features, stage2, ...) reach it
+# through its inputs' output digests, and report/tracking change no number.
+BLEND = Stage("blend", sections=("seed", "dataset", "folds", "blend"), version=1,
+              rebuild="trajstack blend")
+BLEND_STAGE = BLEND.name
 
 
 @dataclass
@@ -56,15 +69,26 @@ def select_runs(store: ArtifactStore, wanted: list[str] | None) -> list[RunResul
     # Only model runs: other stages (e.g. a feature cache) keep no prediction tables.
     available = {r.name: r for r in store.finished_runs()
                  if r.meta.get("stage") != BLEND_STAGE and _has_predictions(r)}
+    left_out = set()
+    for name, run in list(available.items()):
+        if wanted is not None and name not in wanted:
+            continue
+        stale = store.stale_inputs(run)
+        if stale:
+            left_out.add(name)
+            rebuild = run.meta.get("rebuild") or f"trajstack {run.meta.get('stage')}"
+            logger.warning(f"blend: leaving out {name}: {', '.join(stale)} changed since it was made; "
+                           f"rebuild it with `{rebuild}`")
+            del available[name]
     if wanted is None:
         runs = list(available.values())
     else:
-        missing = [w for w in wanted if w not in available]
+        missing = [w for w in wanted if w not in available and w not in left_out]
         if missing:
             raise ArtifactError(f"blend.runs names {missing}, which are not finished runs with "
                                 f"{' and '.join(PREDICTION_FILES)} under {store.root}; "
                                 f"finished: {sorted(available) or 'none'}")
-        runs = [available[w] for w in wanted]
+        runs = [available[w] for w in wanted if w in available]
     if not runs:
         raise ArtifactError(f"no finished stage runs under {store.root} to blend; run "
                             "`trajstack stage1` / `trajstack stage2` first")
@@ -99,8 +123,8 @@ def load_inputs(cfg: Config, store: ArtifactStore, folds: Folds) -> BlendInputs:
     train = read_table(cfg.data_dir, spec, "train")
     test_ids = read_table(cfg.data_dir, spec, "test")[spec.id_column].to_numpy(str)
     train_ids = train[spec.id_column].to_numpy(str)
-    oof = np.stack([_aligned(r, r.oof(), train_ids, "oof.parquet", spec) for r in runs])
-    test = np.stack([_aligned(r, r.test(), test_ids, "test.parquet", spec) for r in runs])
+    oof = np.stack([_aligned(r, r.oof(), train_ids, OOF_FILE, spec) for r in runs])
+    test = np.stack([_aligned(r, r.test(), test_ids, TEST_FILE, spec) for r in runs])
     y = as_target_matrix(train, spec)
     # Rows without every label can be neither fit nor scored; the stages skip them too.
     labelled = np.isfinite(y).all(axis=1)

@@ -1,8 +1,8 @@
 """Assemble the feature table from the builders listed in `features.builders`, with a cache.
 
 Each builder's output is cached under `outputs/<exp>/features/<builder>-<key>.<split>.parquet`,
-where the key hashes the builder's name, its config section, the dataset spec and its inputs
-(table contents, stage-1 run signatures, ...). Writes are atomic, so a cache file is complete.
+where the key hashes the builder's name, its config section, the code version, the dataset spec
+and its inputs (table contents, the content digest of the stage-1 runs' outputs, ...). Writes are atomic, so a cache file is complete.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class FeatureTable:
     id_column: str
     hash: str
     builder_keys: dict[str, str] = field(default_factory=dict)
+    # Upstream runs read by the builders (`run:<stage>/<name>` -> output digest): a stage built
+    # on these features records them among its inputs, so the blend can tell when they went stale.
+    upstream: dict[str, str] = field(default_factory=dict)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -93,12 +96,14 @@ def build_features(
     cache_dir = cfg.experiment_dir / "features"
     out_train, out_test = train[[id_col]].copy(), test[[id_col]].copy()
     keys: dict[str, str] = {}
+    upstream: dict[str, str] = {}
     for name in names:
         builder = BUILDERS.get(name)
+        extra = builder.extra_inputs(ctx)
+        upstream |= {k: v for k, v in extra.items() if k.startswith("run:")}
         key = data_hash({
             "builder": name, "version": FEATURES_VERSION, "config": builder.config_of(cfg),
-            "dataset": spec.model_dump(mode="json"),
-            "inputs": ctx.input_hashes | builder.extra_inputs(ctx),
+            "dataset": spec.model_dump(mode="json"), "inputs": ctx.input_hashes | extra,
         })
         keys[name] = key
         paths = [cache_dir / f"{name}-{key}.{split}.parquet" for split in ("train", "test")]
@@ -120,7 +125,7 @@ def build_features(
         out_test = pd.concat([out_test, part_test.drop(columns=id_col)], axis=1)
         (log or logger.info)(f"features {name}: {part_train.shape[1] - 1} columns ({status}, key {key})")
     _same_columns(out_train, out_test)
-    return FeatureTable(out_train, out_test, id_col, data_hash(keys), keys)
+    return FeatureTable(out_train, out_test, id_col, data_hash(keys), keys, upstream)
 
 
 def _same_columns(train: pd.DataFrame, test: pd.DataFrame) -> None:

@@ -23,7 +23,11 @@ import numpy as np
 import pandas as pd
 
 from features.base import BuildContext, register_builder
-from trajstack.artifacts import ArtifactError, ArtifactStore, RunResult
+from trajstack.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    RunResult,
+)
 from trajstack.spec import DatasetSpec
 
 
@@ -55,8 +59,10 @@ def stage1_runs(ctx: BuildContext) -> list[RunResult]:
 
 
 def stage1_inputs(ctx: BuildContext) -> dict[str, str]:
+    """The stage-1 runs read, keyed `run:stage1/<name>`, by the digest of their outputs' contents
+    (not their config): a rerun that writes the same bytes keeps the cache key."""
     runs = stage1_runs(ctx)
-    return {f"stage1/{r.meta['run']}": str(r.meta.get("signature")) for r in runs} | {
+    return {r.input_key: r.output_digest for r in runs} | {
         "folds": ctx.folds.hash if ctx.folds else ""}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trajstack.spec import StrictModel
 
@@ -126,7 +126,11 @@ class Stage1Config(StrictModel):
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     channels_last: bool = False
     compile: bool = False  # torch.compile the backbone
-    select: Literal["best", "last"] = "best"  # which epoch's weights to keep, by val MAE
+    # Which epoch's weights each fold keeps; never chosen on the scored fold. last: the final
+    # (EMA) weights. holdout: the epoch with the lowest MAE on `select_fraction` of the fold's
+    # training scenes (seeded, scene-grouped), which the net then does not train on.
+    select: Literal["last", "holdout"] = "last"
+    select_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     tta_flip: bool = False  # average plain and flipped-back predictions
     # physics: the heads learn the residual to the kinematic forecast of features.physics
     # (its residual_baseline model and vehicle), which the net adds back to its outputs; the
@@ -139,6 +143,15 @@ class Stage1Config(StrictModel):
     ema: EmaConfig = EmaConfig()
     augment: AugmentConfig = AugmentConfig()
     seed_offset: int = Field(0, description="added to the global seed (bagging)")
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _no_best(cls, value: Any) -> Any:
+        if value == "best":
+            raise ValueError("select=best chose the epoch on the scored fold, which made the OOF "
+                             "score optimistic; use select=last (the final EMA weights) or "
+                             "select=holdout (an inner holdout of training scenes)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Stage1Config:

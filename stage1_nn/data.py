@@ -334,3 +334,43 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out["mask"][i, :n] = True
         out["rows"][i, :n] = torch.as_tensor(batch[i]["rows"])
     return out
+
+
+@dataclass
+class SplitArrays:
+    """One table's per-row arrays (table order) as a `SequenceDataset` reads them."""
+
+    ids: np.ndarray
+    images: np.ndarray  # the image cache's (rows, frames, H, W, C) array
+    telemetry: np.ndarray  # `raw_telemetry`
+    targets: np.ndarray | None = None  # None: test rows
+    extra: np.ndarray | None = None
+    baseline: np.ndarray | None = None
+
+
+def sequence_dataset(cfg: Config, arrays: SplitArrays, encoder: TelemetryEncoder, frames: np.ndarray,
+                     rows: np.ndarray | None, flip: FlipRules, flip_p: float,
+                     photometric: PhotometricAugment | None = None, seed: int = 0,
+                     shard: tuple[int, int] | None = None) -> SequenceDataset:
+    """The one dataset builder of training, evaluation and checkpoint prediction.
+
+    Parameters
+    ----------
+    cfg : resolved config (dataset spec, `stage1.mode`).
+    arrays : the split's per-row arrays.
+    encoder, frames, flip, photometric, seed : as in `SequenceDataset`.
+    rows : keep only sequences made entirely of these rows (None: all); folds keep scenes whole.
+    flip_p : probability of flipping a sequence (1.0: the flipped pass of flip TTA).
+    shard : (rank, world): keep every world-th sequence from rank (evaluation under DDP).
+    """
+    spec = cfg.dataset
+    seqs = make_sequences(arrays.ids, spec, cfg.stage1.mode)
+    if rows is not None:
+        keep = np.zeros(len(arrays.ids), bool)
+        keep[rows] = True
+        seqs = [s for s in seqs if keep[s].all()]
+    if shard is not None:
+        seqs = seqs[shard[0]::shard[1]]
+    return SequenceDataset(seqs, arrays.images, arrays.telemetry, encoder, spec, frames,
+                           targets=arrays.targets, extra=arrays.extra, baseline=arrays.baseline,
+                           flip=flip, flip_p=flip_p, photometric=photometric, seed=seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -133,3 +134,15 @@ def merge_flip_tta(plain: dict[str, np.ndarray], flipped: dict[str, np.ndarray],
     return {**plain,
             "main": 0.5 * (plain["main"] + flipped["main"] * sign),
             "aux": 0.5 * (plain["aux"] + flipped["aux"] * aux_sign(spec).astype(np.float32))}
+
+
+def predict_with_tta(model: nn.Module, loader_of: Callable[[float], Any], env: DistEnv,
+                     amp_dtype: torch.dtype | None, spec: DatasetSpec, tta: bool,
+                     desc: str = "predict", progress: bool = False) -> dict[str, np.ndarray]:
+    """`predict` over `loader_of(0.0)`; with `tta`, averaged with the flipped-back predictions
+    over `loader_of(1.0)` (every sequence flipped). The one flip-TTA path of training and
+    checkpoint prediction."""
+    plain = predict(model, loader_of(0.0), env, amp_dtype, spec, desc=desc, progress=progress)
+    if not tta:
+        return plain
+    return merge_flip_tta(plain, predict(model, loader_of(1.0), env, amp_dtype, spec), spec)

@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from trajstack.errors import TrajstackError
 from trajstack.hub import hub_offline
+from trajstack.io import atomic_path
 
 from .config import ModelConfig
 
@@ -230,9 +231,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_cfg: ModelConfig, 
                "model_config": model_cfg.model_dump(mode="json"),
                "dims": {**asdict(dims), "image_size": list(dims.image_size) if dims.image_size else None},
                **extra}
-    tmp = Path(path).with_name(f".tmp-{Path(path).name}")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: an interrupted save leaves no half checkpoint
+    with atomic_path(path) as tmp:  # an interrupted save leaves no half checkpoint
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TrajectoryNet, dict[str, Any]]:

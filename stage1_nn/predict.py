@@ -15,17 +15,17 @@ from trajstack.tables import Split, read_table
 
 from .augment import FlipRules
 from .data import (
-    SequenceDataset,
+    SplitArrays,
     TelemetryEncoder,
     collate,
     extra_vectors,
     frame_indices,
-    make_sequences,
     raw_telemetry,
+    sequence_dataset,
     target_baseline,
 )
 from .distributed import DistEnv
-from .engine import merge_flip_tta, predict
+from .engine import predict_with_tta
 from .model import load_checkpoint
 from .report import prediction_frame
 
@@ -53,19 +53,16 @@ def predict_checkpoint(path: str | Path, data_dir: str | Path | None = None, spl
     cache = build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers, progress=False)
     extra = extra_vectors(cfg, split, table[spec.id_column].to_numpy(str))
     table_ids = table[spec.id_column].to_numpy(str)
-    env = DistEnv()
+    arrays = SplitArrays(ids=table_ids, images=cache.images, telemetry=raw_telemetry(table, spec),
+                         extra=extra, baseline=target_baseline(cfg, table))
+    encoder = TelemetryEncoder.from_state(payload["encoder"])
+    flip, frames = FlipRules.from_spec(spec), frame_indices(spec, s1.frames)
 
-    def run(flip_p: float) -> dict[str, np.ndarray]:
-        dataset = SequenceDataset(
-            make_sequences(table_ids, spec, s1.mode), cache.images, raw_telemetry(table, spec),
-            TelemetryEncoder.from_state(payload["encoder"]), spec, frame_indices(spec, s1.frames),
-            extra=extra, baseline=target_baseline(cfg, table), flip=FlipRules.from_spec(spec), flip_p=flip_p)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        return predict(model, loader, env, None, spec)
+    def loader_of(flip_p: float) -> DataLoader:
+        dataset = sequence_dataset(cfg, arrays, encoder, frames, None, flip, flip_p)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
-    pred = run(0.0)
-    if s1.tta_flip:
-        pred = merge_flip_tta(pred, run(1.0), spec)
+    pred = predict_with_tta(model, loader_of, DistEnv(), None, spec, tta=s1.tta_flip)
     row_ids = table_ids[pred["rows"]]
     keep = np.ones(len(row_ids), bool) if ids is None else np.isin(row_ids, np.asarray(ids, dtype=str))
     order = np.argsort(row_ids[keep], kind="stable")

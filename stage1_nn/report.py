@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trajstack.io import atomic_path
 from trajstack.spec import DatasetSpec
 
 from .data import aux_target_names
@@ -31,8 +32,9 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def plot_learning_curve(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """Train loss and train/val MAE per epoch, one PNG."""
+def plot_learning_curve(path: Path, history: list[dict[str, Any]], title: str,
+                        kept_epoch: int | None = None) -> None:
+    """Train loss, train/val MAE (and the selection MAE, if any) per epoch, the kept epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
@@ -42,15 +44,17 @@ def plot_learning_curve(path: Path, history: list[dict[str, Any]], title: str) -
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h.get("train_loss", np.nan) for h in history], "o-", label="train loss")
     ax.plot(epochs, [h.get("train_mae", np.nan) for h in history], "o-", label="train MAE")
-    ax.plot(epochs, [h.get("val_mae", np.nan) for h in history], "o-", label="val MAE (eval weights)")
-    best = min(history, key=lambda h: h.get("val_mae", np.inf))
-    ax.axvline(best["epoch"], color="grey", ls=":", label=f"best val {best['val_mae']:.4f}")
+    ax.plot(epochs, [h.get("val_mae", np.nan) for h in history], "o-", label="val MAE (scored fold)")
+    if any(h.get("select_mae") is not None for h in history):
+        ax.plot(epochs, [h.get("select_mae") or np.nan for h in history], "o-",
+                label="selection MAE (inner holdout)")
+    if kept_epoch is not None:
+        ax.axvline(kept_epoch, color="grey", ls=":", label=f"kept epoch {kept_epoch}")
     ax.set_xlabel("epoch")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=90, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    tmp.replace(path)

@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,10 +21,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from trajstack.artifacts import ArtifactStore, Run
+from trajstack.artifacts import (
+    CHECKPOINT_FILE,
+    OOF_EMB_FILE,
+    OOF_FILE,
+    TEST_EMB_FILE,
+    TEST_FILE,
+    TRAIN_IDS_FILE,
+    ArtifactStore,
+    Run,
+    Stage,
+    fold_dir_name,
+)
 from trajstack.cli import common_parser, config_from_args
 from trajstack.config import Config, ConfigError
-from trajstack.folds import Folds, ensure_folds
+from trajstack.folds import Folds, ensure_folds, inner_holdout
 from trajstack.image_cache import ImageCache, build_or_open_cache
 from trajstack.io import file_hash
 from trajstack.logs import get_logger
@@ -33,14 +45,15 @@ from trajstack.tables import read_table, table_path
 from .augment import FlipRules, PhotometricAugment
 from .data import (
     SequenceDataset,
+    SplitArrays,
     TelemetryEncoder,
     aux_targets,
     collate,
     extra_vectors,
     extra_vectors_hash,
     frame_indices,
-    make_sequences,
     raw_telemetry,
+    sequence_dataset,
     target_baseline,
 )
 from .distributed import (
@@ -52,17 +65,18 @@ from .distributed import (
     teardown,
     under_torchrun,
 )
-from .engine import merge_flip_tta, predict, train_one_epoch
+from .engine import predict, predict_with_tta, train_one_epoch
 from .model import ModelDims, build_model, save_checkpoint
 from .optim import build_ema, build_optimizer, build_scheduler
 from .report import append_metrics, plot_learning_curve, prediction_frame
 
 logger = get_logger(__name__)
 
-STAGE = "stage1"
-# Config sections a stage-1 result depends on; other stages' sections are left out of the run's
-# signature so that tuning stage 2 never invalidates a finished stage 1.
-CONFIG_KEYS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "cache", "stage1")
+# The stage and the config sections its result depends on (vlm and features.physics only when
+# used); other stages' sections stay out of its signature, so tuning stage 2 never invalidates a
+# finished stage 1. Version 2: epochs are chosen last or on an inner holdout, never on the fold.
+STAGE = Stage("stage1", sections=("seed", "dataset", "folds", "stage1", "vlm", "features"),
+              version=2, rebuild="trajstack stage1 stage1.name={run}")
 
 
 @dataclass
@@ -83,11 +97,22 @@ class Stage1Data:
     train_baseline: np.ndarray | None  # (rows, n_targets) with `stage1.baseline: physics`
     test_baseline: np.ndarray | None
 
+    def arrays(self, split: str, id_column: str) -> SplitArrays:
+        """The per-row arrays of `split` ("train" or "test") as the datasets read them."""
+        train = split == "train"
+        return SplitArrays(
+            ids=(self.train if train else self.test)[id_column].to_numpy(str),
+            images=(self.train_images if train else self.test_images).images,
+            telemetry=self.train_telemetry if train else self.test_telemetry,
+            targets=self.targets if train else None,
+            extra=self.train_extra if train else self.test_extra,
+            baseline=self.train_baseline if train else self.test_baseline)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `trajstack stage1`; re-launches itself under torchrun for `--nproc N`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = common_parser(STAGE, "train the stage-1 network with K-fold CV (OOF + embeddings)")
+    parser = common_parser(STAGE.name, "train the stage-1 network with K-fold CV (OOF + embeddings)")
     parser.add_argument("--nproc", type=int, default=1, help="processes (DDP via torchrun)")
     parser.add_argument("--force", action="store_true", help="retrain even finished folds/runs")
     args = parser.parse_args(argv)
@@ -119,8 +144,8 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     torch.set_num_threads(cfg.stage1.threads or max(1, _cpu_count() // env.world))
     data = load_data(cfg, env)
     # The VLM section and the physics vehicle join the signature only when they are used.
-    keys = CONFIG_KEYS + (("vlm",) if cfg.vlm.enabled else ())
-    config = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    config = STAGE.run_config({k: v for k, v in cfg.to_dict().items()
+                               if k not in ("vlm", "features") or (k == "vlm" and cfg.vlm.enabled)})
     if cfg.stage1.baseline == "physics":
         config["features"] = {"physics": cfg.features.physics.model_dump(mode="json")}
     inputs = {
@@ -142,7 +167,7 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     barrier(env)
     folds = selected_folds(cfg, data.folds)
     for fold in folds:
-        if run.part_done(f"fold{fold}") and not force:
+        if run.part_done(fold_dir_name(fold)) and not force:
             _say(env, f"stage1: fold {fold} already done; skipping")
             continue
         fit_fold(cfg, data, fold, run, env)
@@ -222,7 +247,12 @@ def _reseed_worker(worker_id: int) -> None:
 
 @dataclass
 class FoldInputs:
-    """What one fold trains and predicts on: its rows, telemetry encoder, frames, augmentations."""
+    """What one fold trains on, chooses its epoch on and predicts: rows, encoder, frames, augmentations.
+
+    `train_rows` are fitted on; `select_rows` (empty unless `stage1.select: holdout`) are an
+    inner holdout of the fold's training scenes, left out of training, that choose the epoch;
+    `valid_rows` are the scored fold, used only for its predictions and the learning curve.
+    """
 
     cfg: Config
     data: Stage1Data
@@ -230,6 +260,7 @@ class FoldInputs:
     env: DistEnv
     seed: int
     train_rows: np.ndarray
+    select_rows: np.ndarray
     valid_rows: np.ndarray
     encoder: TelemetryEncoder
     frames: np.ndarray
@@ -238,23 +269,17 @@ class FoldInputs:
 
     def dataset(self, split: str, rows: np.ndarray | None, augment: bool, flip_p: float) -> SequenceDataset:
         """Sequences of `split` made only of `rows` (None: all); eval sets hold this rank's shard."""
-        spec, s1, data, env = self.cfg.dataset, self.cfg.stage1, self.data, self.env
-        table = data.train if split == "train" else data.test
-        seqs = make_sequences(table[spec.id_column].to_numpy(str), spec, s1.mode)
-        if rows is not None:
-            keep = np.zeros(len(table), bool)
-            keep[rows] = True
-            seqs = [s for s in seqs if keep[s].all()]  # folds keep scenes whole
-        if not augment:
-            seqs = seqs[env.rank::env.world]  # eval: each rank predicts its own shard
-        return SequenceDataset(
-            seqs, (data.train_images if split == "train" else data.test_images).images,
-            data.train_telemetry if split == "train" else data.test_telemetry, self.encoder, spec,
-            self.frames, targets=data.targets if split == "train" else None,
-            extra=data.train_extra if split == "train" else data.test_extra,
-            baseline=data.train_baseline if split == "train" else data.test_baseline,
-            flip=self.flip, flip_p=flip_p, photometric=self.photometric if augment else None,
-            seed=self.seed * 1000 + env.rank)
+        env = self.env
+        return sequence_dataset(
+            self.cfg, self.data.arrays(split, self.cfg.dataset.id_column), self.encoder, self.frames, rows, self.flip, flip_p,
+            photometric=self.photometric if augment else None, seed=self.seed * 1000 + env.rank,
+            shard=None if augment else (env.rank, env.world))
+
+    def loader(self, split: str, rows: np.ndarray | None, flip_p: float = 0.0) -> DataLoader:
+        """An in-order evaluation loader over `rows` of `split` (this rank's shard)."""
+        s1 = self.cfg.stage1
+        return make_loader(self.dataset(split, rows, False, flip_p), s1.eval_batch_size or 2 * s1.batch_size,
+                           self.env, self.cfg, train=False, seed=self.seed)
 
     def dims(self) -> ModelDims:
         """Input/output sizes of the net for this data (frames, telemetry features, targets)."""
@@ -269,111 +294,168 @@ class FoldInputs:
 
 
 def prepare_fold(cfg: Config, data: Stage1Data, fold: int, env: DistEnv) -> FoldInputs:
-    """Split rows by fold and fit the telemetry encoder on the training rows of this fold only."""
+    """Split rows by fold (and, for `select: holdout`, hold some training scenes out to choose the
+    epoch on); fit the telemetry encoder on the rows trained on only."""
     s1, spec = cfg.stage1, cfg.dataset
     seed = cfg.seed + s1.seed_offset + fold
     train_rows = np.flatnonzero(data.fold_of_row != fold)
+    select_rows = np.zeros(0, dtype=train_rows.dtype)
+    if s1.select == "holdout":
+        scenes = data.folds.scene_of(data.train[spec.id_column].to_numpy(str))
+        train_rows, select_rows = inner_holdout(train_rows, scenes, s1.select_fraction, seed)
     frames = frame_indices(spec, s1.frames)
     photometric = (PhotometricAugment(s1.augment, len(frames), seed=seed * 100 + env.rank)
                    if PhotometricAugment.wanted(s1.augment) else None)
     return FoldInputs(
         cfg=cfg, data=data, fold=fold, env=env, seed=seed, train_rows=train_rows,
-        valid_rows=np.flatnonzero(data.fold_of_row == fold),
+        select_rows=select_rows, valid_rows=np.flatnonzero(data.fold_of_row == fold),
         encoder=TelemetryEncoder.fit(data.train_telemetry[train_rows], spec),
         frames=frames, flip=FlipRules.from_spec(spec), photometric=photometric,
     )
 
 
+@dataclass
+class FoldModel:
+    """A fold's net and what trains it: the (DDP-wrapped) net, its EMA, optimiser and schedule."""
+
+    model: torch.nn.Module  # the bare net
+    net: torch.nn.Module  # what the training step calls (DDP-wrapped under DDP)
+    eval_model: torch.nn.Module  # the weights evaluated and saved: the EMA copy when EMA is on
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    dims: ModelDims
+    amp_dtype: torch.dtype | None
+
+
+class EpochChoice:
+    """The one place where a fold's kept weights are chosen; never on the scored fold.
+
+    `last`: the weights after the final epoch (the EMA weights when EMA is on). `holdout`: the
+    epoch whose weights have the lowest MAE on `FoldInputs.select_rows`, an inner holdout of the
+    fold's training scenes that the net does not train on.
+    """
+
+    def __init__(self, mode: str):
+        self.mode, self.epoch, self.score, self.state = mode, 0, np.inf, None
+
+    def offer(self, epoch: int, model: torch.nn.Module, selection: dict[str, np.ndarray] | None,
+              targets: np.ndarray) -> float | None:
+        """Consider the weights after `epoch`; `selection` are their predictions of the select rows."""
+        if self.mode == "last":
+            self.epoch = epoch
+            return None
+        score = mae(targets[selection["rows"]], selection["main"])
+        if score < self.score:
+            self.epoch, self.score, self.state = epoch, score, copy.deepcopy(model.state_dict())
+        return score
+
+    def restore(self, model: torch.nn.Module) -> int:
+        """Load the kept weights into `model` (`last`: they are already there); the kept epoch."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        return self.epoch
+
+
 def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -> None:
-    """Train on every fold but `fold`, keep the best (or last) eval weights, predict val and test."""
-    s1, spec = cfg.stage1, cfg.dataset
-    fold_dir = run.path(f"fold{fold}")
+    """Train on every fold but `fold`, keep the chosen epoch's weights, predict the fold and the test."""
+    fold_dir = run.path(fold_dir_name(fold))
     if env.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
         (fold_dir / "metrics.jsonl").unlink(missing_ok=True)  # a restarted fold starts its log anew
-
-    # data: rows of this fold, telemetry statistics from its training rows only
     inputs = prepare_fold(cfg, data, fold, env)
-    seed, train_rows, valid_rows = inputs.seed, inputs.train_rows, inputs.valid_rows
-    seed_everything(seed)
-    ids = data.train[spec.id_column].to_numpy(str)
-    eval_bs = s1.eval_batch_size or 2 * s1.batch_size
-    train_loader = make_loader(inputs.dataset("train", train_rows, True, s1.augment.flip_p),
-                               s1.batch_size, env, cfg, train=True, seed=seed)
-    valid_loader = make_loader(inputs.dataset("train", valid_rows, False, 0.0), eval_bs, env, cfg, False, seed)
+    seed_everything(inputs.seed)
+    fm = build_fold_model(inputs)
+    history, kept_epoch = train_epochs(inputs, fm, run)
+    val = predict_rows(inputs, fm, "train", inputs.valid_rows)
+    test = predict_rows(inputs, fm, "test", None)
+    if env.is_main:
+        ids = data.train[cfg.dataset.id_column].to_numpy(str)
+        write_fold(run, fold, cfg, data, val, test, ids[inputs.train_rows], history, kept_epoch)
+        save_checkpoint(fold_dir / CHECKPOINT_FILE, fm.eval_model, cfg.stage1.model, fm.dims,
+                        encoder=inputs.encoder.state_dict(), config=cfg.to_dict(), fold=fold,
+                        kept_epoch=kept_epoch)
+        final_mae = mae(data.targets[val["rows"]], val["main"])
+        run.mark_part_done(fold_dir_name(fold), kept_epoch=kept_epoch, select=cfg.stage1.select,
+                           val_mae=final_mae, n_train=len(inputs.train_rows),
+                           n_select=len(inputs.select_rows), n_valid=len(inputs.valid_rows))
+        _say(env, f"stage1 fold {fold}: kept epoch {kept_epoch} (select={cfg.stage1.select}), "
+                  f"val MAE {final_mae:.4f}")
 
-    # model
+
+def build_fold_model(inputs: FoldInputs) -> FoldModel:
+    """The fold's net (targets scaled on its training rows), EMA, optimiser, schedule and loader."""
+    cfg, data, env = inputs.cfg, inputs.data, inputs.env
+    s1, spec = cfg.stage1, cfg.dataset
+    train_loader = make_loader(inputs.dataset("train", inputs.train_rows, True, s1.augment.flip_p),
+                               s1.batch_size, env, cfg, train=True, seed=inputs.seed)
     dims = inputs.dims()
     model = build_model(s1.model, dims, channels_last=s1.channels_last).to(env.device)
     if s1.loss.normalize_targets:
-        y = data.targets[train_rows]  # with a baseline the heads predict (and are scaled to) residuals
+        y = data.targets[inputs.train_rows]  # with a baseline the heads predict (and are scaled to) residuals
         if data.train_baseline is not None:
-            y = y - data.train_baseline[train_rows]
+            y = y - data.train_baseline[inputs.train_rows]
         a = aux_targets(y, spec)
         model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0) + 1e-6, np.nanmean(a, 0), np.nanstd(a, 0) + 1e-6)
     ema = build_ema(model, s1.ema)
-    eval_model = ema.module if ema is not None else model
     if s1.compile:
         model.backbone.compile()  # in place: state-dict keys stay unprefixed
-    net = DistributedDataParallel(model) if env.distributed else model
-    amp_dtype = _amp_dtype(s1.precision, env.device)
-
-    # optimiser
     optimizer = build_optimizer(model, s1.optim)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = build_scheduler(optimizer, steps_per_epoch * s1.epochs,
                                 int(round(s1.optim.warmup_epochs * steps_per_epoch)), s1.optim)
+    return FoldModel(
+        model=model, net=DistributedDataParallel(model) if env.distributed else model,
+        eval_model=ema.module if ema is not None else model, ema=ema, optimizer=optimizer,
+        scheduler=scheduler, train_loader=train_loader, dims=dims,
+        amp_dtype=_amp_dtype(s1.precision, env.device))
 
-    # loop
-    y_valid = data.targets
-    history, best_mae, best_state, step = [], np.inf, None, 0
-    _say(env, f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} valid rows, "
-              f"{s1.model.backbone}, {s1.mode} mode, {s1.epochs} epochs on {env.device} x{env.world}")
-    for epoch in range(s1.epochs):
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        stats, step = train_one_epoch(net, train_loader, optimizer, scheduler, ema, s1, env, amp_dtype,
-                                      step, desc=f"fold {fold} epoch {epoch + 1}/{s1.epochs}")
+
+def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict], int]:
+    """Train `stage1.epochs` epochs; after each, log the scored fold's MAE (learning curve only)
+    and offer the weights to the `EpochChoice`. Leaves the kept weights in `fm.eval_model`."""
+    cfg, env, fold = inputs.cfg, inputs.env, inputs.fold
+    s1, spec, targets = cfg.stage1, cfg.dataset, inputs.data.targets
+    valid_loader = inputs.loader("train", inputs.valid_rows)
+    select_loader = inputs.loader("train", inputs.select_rows) if s1.select == "holdout" else None
+    choice = EpochChoice(s1.select)
+    history, step = [], 0
+    _say(env, f"stage1 fold {fold}: {len(inputs.train_rows)} train rows, {len(inputs.select_rows)} "
+              f"select rows, {len(inputs.valid_rows)} valid rows, {s1.model.backbone}, {s1.mode} "
+              f"mode, {s1.epochs} epochs on {env.device} x{env.world}")
+    for epoch in range(1, s1.epochs + 1):
+        if isinstance(fm.train_loader.sampler, DistributedSampler):
+            fm.train_loader.sampler.set_epoch(epoch - 1)
+        stats, step = train_one_epoch(fm.net, fm.train_loader, fm.optimizer, fm.scheduler, fm.ema, s1,
+                                      env, fm.amp_dtype, step, desc=f"fold {fold} epoch {epoch}/{s1.epochs}")
         started = time.perf_counter()
-        val = gather_predictions(env, predict(eval_model, valid_loader, env, amp_dtype, spec))
-        val_mae = mae(y_valid[val["rows"]], val["main"])
-        record = {"fold": fold, "epoch": epoch + 1, **stats, "val_mae": val_mae,
+        val = gather_predictions(env, predict(fm.eval_model, valid_loader, env, fm.amp_dtype, spec))
+        val_mae = mae(targets[val["rows"]], val["main"])
+        selection = (gather_predictions(env, predict(fm.eval_model, select_loader, env, fm.amp_dtype, spec))
+                     if select_loader is not None else None)
+        select_mae = choice.offer(epoch, fm.eval_model, selection, targets)
+        record = {"fold": fold, "epoch": epoch, **stats, "val_mae": val_mae, "select_mae": select_mae,
                   "val_seconds": time.perf_counter() - started,
-                  **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}, "step": step}
+                  **{f"lr_{g['name']}": g["lr"] for g in fm.optimizer.param_groups}, "step": step}
         history.append(record)
+        shown = f"val MAE {val_mae:.4f}" + (f" select MAE {select_mae:.4f}" if select_mae is not None else "")
         if env.is_main:
-            append_metrics(fold_dir / "metrics.jsonl", record)
-            run.log(f"fold {fold} epoch {epoch + 1}: train loss {stats.get('train_loss', 0):.4f} "
-                    f"val MAE {val_mae:.4f}")
-        _say(env, f"  fold {fold} epoch {epoch + 1}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
-                  f"MAE {stats['train_mae']:.4f} | val MAE {val_mae:.4f} | "
-                  f"{stats['train_rows_per_s']:.0f} rows/s")
-        if s1.select == "last" or val_mae < best_mae:
-            best_mae = val_mae
-            best_state = copy.deepcopy(eval_model.state_dict())
-    eval_model.load_state_dict(best_state)
-    best_epoch = min(history, key=lambda h: h["val_mae"])["epoch"] if s1.select == "best" else s1.epochs
+            append_metrics(run.path(f"{fold_dir_name(fold)}/metrics.jsonl"), record)
+            run.log(f"fold {fold} epoch {epoch}: train loss {stats.get('train_loss', 0):.4f} {shown}")
+        _say(env, f"  fold {fold} epoch {epoch}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
+                  f"MAE {stats['train_mae']:.4f} | {shown} | {stats['train_rows_per_s']:.0f} rows/s")
+    return history, choice.restore(fm.eval_model)
 
-    # predictions of the kept weights (optionally flip TTA)
-    def predict_split(split: str, rows: np.ndarray | None) -> dict[str, np.ndarray]:
-        plain = predict(eval_model, make_loader(inputs.dataset(split, rows, False, 0.0), eval_bs, env, cfg, False, seed),
-                        env, amp_dtype, spec, desc=f"predict {split}", progress=s1.progress)
-        if s1.tta_flip:
-            flipped = predict(eval_model, make_loader(inputs.dataset(split, rows, False, 1.0), eval_bs, env, cfg,
-                                                      False, seed), env, amp_dtype, spec)
-            plain = merge_flip_tta(plain, flipped, spec)
-        return gather_predictions(env, plain)
 
-    val = predict_split("train", valid_rows)
-    test = predict_split("test", None)
-    if env.is_main:
-        write_fold(run, fold, cfg, data, val, test, ids[train_rows], history, best_epoch)
-        save_checkpoint(fold_dir / "model.pt", eval_model, s1.model, dims,
-                        encoder=inputs.encoder.state_dict(), config=cfg.to_dict(), fold=fold, best_epoch=best_epoch)
-        final_mae = mae(y_valid[val["rows"]], val["main"])
-        run.mark_part_done(f"fold{fold}", best_epoch=best_epoch, val_mae=final_mae,
-                           n_train=len(train_rows), n_valid=len(valid_rows))
-        _say(env, f"stage1 fold {fold}: best epoch {best_epoch}, val MAE {final_mae:.4f}")
+def predict_rows(inputs: FoldInputs, fm: FoldModel, split: str, rows: np.ndarray | None
+                 ) -> dict[str, np.ndarray]:
+    """The kept weights' predictions of `rows` of `split` (None: all), flip TTA when asked."""
+    s1, env = inputs.cfg.stage1, inputs.env
+    pred = predict_with_tta(fm.eval_model, lambda flip_p: inputs.loader(split, rows, flip_p), env,
+                            fm.amp_dtype, inputs.cfg.dataset, tta=s1.tta_flip,
+                            desc=f"predict {split}", progress=s1.progress)
+    return gather_predictions(env, pred)
 
 
 def gather_predictions(env: DistEnv, pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -386,39 +468,41 @@ def gather_predictions(env: DistEnv, pred: dict[str, np.ndarray]) -> dict[str, n
 
 def write_fold(run: Run, fold: int, cfg: Config, data: Stage1Data, val: dict[str, np.ndarray],
                test: dict[str, np.ndarray], train_ids: np.ndarray, history: list[dict],
-               best_epoch: int) -> None:
+               kept_epoch: int) -> None:
     """fold<k>/: oof + test predictions (sorted by ID), embeddings, train IDs, curve."""
     spec = cfg.dataset
-    prefix = f"fold{fold}"
-    for name, pred, table in (("oof", val, data.train), ("test", test, data.test)):
+    prefix = fold_dir_name(fold)
+    for (name, emb_name), pred, table in (((OOF_FILE, OOF_EMB_FILE), val, data.train),
+                                          ((TEST_FILE, TEST_EMB_FILE), test, data.test)):
         ids = table[spec.id_column].to_numpy(str)[pred["rows"]]
         order = np.argsort(ids, kind="stable")
         frame = prediction_frame(ids[order], pred["main"][order], pred["aux"][order], spec,
-                                 fold=fold if name == "oof" else None)
-        run.write_parquet(f"{prefix}/{name}.parquet", frame)
-        run.write_npy(f"{prefix}/{name}_emb.npy", pred["emb"][order].astype(np.float32))
-    run.write_npy(f"{prefix}/train_ids.npy", np.sort(train_ids))
+                                 fold=fold if name == OOF_FILE else None)
+        run.write_parquet(f"{prefix}/{name}", frame)
+        run.write_npy(f"{prefix}/{emb_name}", pred["emb"][order].astype(np.float32))
+    run.write_npy(f"{prefix}/{TRAIN_IDS_FILE}", np.sort(train_ids))
     plot_learning_curve(run.path(f"{prefix}/learning_curve.png"), history,
-                        f"{cfg.experiment} stage1/{cfg.stage1.name} fold {fold} (best {best_epoch})")
+                        f"{cfg.experiment} stage1/{cfg.stage1.name} fold {fold}", kept_epoch)
 
 
 def assemble_run(cfg: Config, data: Stage1Data, folds: list[int], run: Run) -> None:
-    """oof.parquet + oof_emb.npy (sorted by ID), test.parquet (mean over folds), meta scores."""
+    """OOF_FILE + OOF_EMB_FILE (sorted by ID), TEST_FILE (mean over folds), meta scores."""
     spec = cfg.dataset
-    oof = pd.concat([pd.read_parquet(run.path(f"fold{k}/oof.parquet")) for k in folds], ignore_index=True)
-    emb = np.concatenate([np.load(run.path(f"fold{k}/oof_emb.npy")) for k in folds])
+    oof = pd.concat([pd.read_parquet(run.path(f"{fold_dir_name(k)}/{OOF_FILE}")) for k in folds],
+                    ignore_index=True)
+    emb = np.concatenate([np.load(run.path(f"{fold_dir_name(k)}/{OOF_EMB_FILE}")) for k in folds])
     order = np.argsort(oof[spec.id_column].to_numpy(str), kind="stable")
     oof, emb = oof.iloc[order].reset_index(drop=True), emb[order]
     if oof[spec.id_column].duplicated().any():
         raise RuntimeError("stage1: an ID appears in two folds' OOF predictions")
-    run.write_parquet("oof.parquet", oof)
-    run.write_npy("oof_emb.npy", emb)
+    run.write_parquet(OOF_FILE, oof)
+    run.write_npy(OOF_EMB_FILE, emb)
 
-    tests = [pd.read_parquet(run.path(f"fold{k}/test.parquet")) for k in folds]
+    tests = [pd.read_parquet(run.path(f"{fold_dir_name(k)}/{TEST_FILE}")) for k in folds]
     value_cols = [c for c in tests[0].columns if c != spec.id_column]
     test = tests[0][[spec.id_column]].copy()
     test[value_cols] = np.mean([t[value_cols].to_numpy() for t in tests], axis=0)
-    run.write_parquet("test.parquet", test)
+    run.write_parquet(TEST_FILE, test)
 
     truth = data.train.set_index(spec.id_column).loc[oof[spec.id_column], spec.target_columns]
     scores = mae_report(truth.to_numpy(), oof[spec.target_columns].to_numpy(), spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from trajstack.spec import StrictModel
 
@@ -21,8 +21,15 @@ class Stage2Config(StrictModel):
     params: dict[str, dict[str, Any]] = {}
     # gpu: each learner adds its library's GPU switch (device_type / device / task_type).
     device: Literal["cpu", "gpu"] = "cpu"
-    # Stop when the fold's validation MAE has not improved for this many rounds (0: off).
+    # Stop when the MAE on an inner holdout of the training scenes has not improved for this
+    # many rounds (0: off, every fit runs the params' full number of rounds). The scored fold
+    # is never the stopping set: its rows only score.
     early_stopping_rounds: int = 100
+    # Share of a fold's training scenes held out (scene-grouped, seeded) to stop on.
+    stop_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # After stopping, refit on all the fold's training rows with the found number of rounds
+    # (two fits per (target, fold)); false keeps the stopped model, fitted on the rest.
+    refit: bool = True
     # Parallel (target, fold) fits, and threads inside each fit; keep the product <= cores.
     n_jobs: int = 2
     threads_per_fit: int = 1

@@ -1,9 +1,11 @@
 """K-fold cross-validation of one model per target: `cross_validate(...) -> CVResult`.
 
-For every (target, fold) pair, a learner is fitted on the other folds' rows, early-stopped on
-the fold's own rows, and predicts the fold's rows (OOF) and the test rows. OOF predictions
-come only from models that never trained on those rows; test predictions are the mean over
-folds (the bagged-model bookkeeping of AutoGluon, the CVResult of nyaggle).
+For every (target, fold) pair, a learner is fitted on the other folds' rows and predicts the
+fold's rows (OOF) and the test rows. The number of boosting rounds is chosen on an inner
+holdout of the *training* scenes (`trajstack.folds.inner_holdout`), never on the fold being scored: a fold's
+rows are used only to score it, so the OOF score is an honest estimate. OOF predictions come
+only from models that never trained on (or stopped on) those rows; test predictions are the
+mean over folds (the bagged-model bookkeeping of AutoGluon, the CVResult of nyaggle).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from stage2_gbdt.learners import create_learner
 from stage2_gbdt.parallel import SharedArrays, ray_session, run_tasks
 from stage2_gbdt.resume import FitStore
+from trajstack.folds import inner_holdout
 
 
 @dataclass
@@ -55,16 +58,29 @@ def encode_features(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]
 
 
 def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
-            learner_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Fit target `target` on the rows outside `fold`; predict the fold's rows and the test."""
-    X, X_test, y_all, folds = (shared.get(k) for k in ("X", "X_test", "Y", "folds"))
+            learner_kwargs: dict[str, Any], stopping: dict[str, Any]) -> dict[str, Any]:
+    """Fit target `target` on the rows outside `fold`; predict the fold's rows and the test.
+
+    With early stopping on (`learner_kwargs["early_stopping_rounds"] > 0`), the rounds are
+    found on an inner holdout of the training scenes (`stopping["fraction"]`, seeded by
+    `stopping["seed"]` and the fold). Then, with `stopping["refit"]`, a second model is fitted
+    on all the training rows with that number of rounds (it sees 100% of the rows instead of
+    ~80%, at the price of a second fit); without it the stopped model itself is kept.
+    """
+    X, X_test, y_all, folds, groups = (shared.get(k) for k in ("X", "X_test", "Y", "folds", "groups"))
     y = y_all[:, target]
     known = ~np.isnan(y)  # rows without a label are predicted, never fitted on
     train_rows = np.flatnonzero((folds != fold) & known)
-    valid_rows = np.flatnonzero(folds == fold)
-    stop_rows = valid_rows[known[valid_rows]]
+    valid_rows = np.flatnonzero(folds == fold)  # scored only: never fitted or stopped on
     model = create_learner(learner_key, **learner_kwargs)
-    model.fit(X[train_rows], y[train_rows], eval_set=[(X[stop_rows], y[stop_rows])])
+    if learner_kwargs["early_stopping_rounds"] > 0:
+        fit_rows, stop_rows = inner_holdout(train_rows, groups, stopping["fraction"],
+                                          stopping["seed"] * 1009 + fold)
+        model.fit(X[fit_rows], y[fit_rows], eval_set=[(X[stop_rows], y[stop_rows])])
+        if stopping["refit"]:
+            model = model.with_rounds(model.best_iteration_).fit(X[train_rows], y[train_rows])
+    else:
+        model.fit(X[train_rows], y[train_rows])
     return {
         "target": target, "fold": fold, "valid_rows": valid_rows,
         "valid_pred": model.predict(X[valid_rows]), "test_pred": model.predict(X_test),
@@ -83,7 +99,10 @@ def cross_validate(
     target_names: list[str],
     baseline_train: np.ndarray | None = None,
     baseline_test: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
     early_stopping_rounds: int = 100,
+    stop_fraction: float = 0.2,
+    refit: bool = True,
     seed: int = 0,
     n_jobs: int = 1,
     threads_per_fit: int = 1,
@@ -103,6 +122,11 @@ def cross_validate(
     target_names : names of Y's columns (for scores and importance).
     baseline_train, baseline_test : optional (n, n_targets) baselines; the learners then fit
         Y - baseline and the baseline is added back to every prediction (residual mode).
+    groups : (n_train,) scene of each row; the inner early-stopping holdout keeps groups whole
+        (None: every row is its own group).
+    early_stopping_rounds, stop_fraction, refit : patience (0: a fixed number of rounds, no
+        holdout); share of the training scenes held out to stop on; whether to refit on all
+        training rows with the found number of rounds (see `fit_one`).
     n_jobs, executor : parallel (target, fold) fits through joblib processes or Ray.
     resume : where finished fits are saved as they return and loaded from on a rerun.
     """
@@ -113,6 +137,8 @@ def cross_validate(
     base_test = (np.zeros((len(Xt), Y.shape[1])) if baseline_test is None
                  else np.asarray(baseline_test, float))
     fold_ids = sorted(int(f) for f in np.unique(folds))
+    groups = np.arange(len(X)) if groups is None else np.asarray(groups)
+    stopping = {"fraction": stop_fraction, "refit": refit, "seed": seed}
     learner_kwargs = {"params": params, "categorical_features": cats,
                       "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
                       "n_threads": threads_per_fit, "device": device}
@@ -123,8 +149,9 @@ def cross_validate(
 
     def execute() -> list[dict[str, Any]]:
         shared = SharedArrays({"X": X, "X_test": Xt, "Y": Y - base_train,
-                               "folds": np.asarray(folds)}, use_ray=executor == "ray")
-        tasks = [(shared, t, f, learner_key, learner_kwargs) for t, f in tasks_of]
+                               "folds": np.asarray(folds), "groups": groups},
+                              use_ray=executor == "ray")
+        tasks = [(shared, t, f, learner_key, learner_kwargs, stopping) for t, f in tasks_of]
         return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
                          desc=f"{learner_key} fits", on_result=resume.save if resume else None)
 

@@ -4,7 +4,9 @@ Each is registered by string key (`create_learner("xgboost", params=...)`); an u
 fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
 contract); `params` are passed to the library's own regressor, so any library option (GPU flags
 included) goes through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
-validation rows; `feature_importances_` is the total gain per feature.
+validation rows (stage 2 passes an inner holdout of the training scenes, never the scored fold);
+`feature_importances_` is the total gain per feature. `with_rounds(n)` is the same learner fixed
+at n rounds (the refit after early stopping).
 
 X is a float matrix; `categorical_features` are column indices holding non-negative integer
 codes (NaN: missing), which each library treats as categories natively.
@@ -38,6 +40,8 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
     """
 
     gpu_params: ClassVar[dict[str, Any]] = {}
+    # The library param that fixes the number of boosting rounds (a refit uses the found one).
+    rounds_param: ClassVar[str] = "n_estimators"
 
     def __init__(self, params: dict[str, Any] | None = None, categorical_features: tuple[int, ...] = (),
                  early_stopping_rounds: int = 100, random_state: int = 0, n_threads: int = 1,
@@ -54,6 +58,11 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
         if self.device == "gpu":
             params = {**self.gpu_params, **params}
         return params
+
+    def with_rounds(self, rounds: int) -> GBDTRegressor:
+        """A fresh copy of this learner that fits exactly `rounds` rounds (no early stopping)."""
+        params = {**(self.params or {}), self.rounds_param: int(rounds)}
+        return type(self)(**{**self.get_params(), "params": params, "early_stopping_rounds": 0})
 
     def _stopping(self, eval_set: list | None) -> int:
         return self.early_stopping_rounds if eval_set and self.early_stopping_rounds > 0 else 0
@@ -130,6 +139,7 @@ class CatBoostRegressor(GBDTRegressor):
     """
 
     gpu_params: ClassVar[dict[str, Any]] = {"task_type": "GPU"}
+    rounds_param: ClassVar[str] = "iterations"
 
     def _frame(self, X: np.ndarray) -> pd.DataFrame:
         # CatBoost wants integer/string categories, not float codes; -1 stands for missing.

@@ -14,12 +14,14 @@ from typing import Any
 import yaml
 
 from stage2_gbdt.learners import LEARNERS
+from trajstack.artifacts import Stage
 from trajstack.config import CONFIG_DIR, Config, ConfigError, deep_merge
 
 PARAMS_DIR = CONFIG_DIR / "stage2"
-# Top-level config sections that can change a stage-2 result (plus where things are).
-STAGE2_SECTIONS = ("experiment", "data_dir", "output_dir", "seed", "dataset", "folds", "cache",
-                   "features", "stage2")
+# The stage, with the config sections that can change its result (stage 1 reaches it through
+# the digests of its outputs among the inputs). Version 2: early stopping on an inner holdout.
+STAGE = Stage("stage2", sections=("seed", "dataset", "folds", "features", "stage2"), version=2,
+              rebuild="trajstack stage2 --learner {run}")
 
 
 def params_file(key: str) -> Path:
@@ -48,7 +50,7 @@ def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
     report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
     run's signature in the feature hash.
     """
-    resolved = {k: v for k, v in copy.deepcopy(cfg.to_dict()).items() if k in STAGE2_SECTIONS}
+    resolved = STAGE.run_config(copy.deepcopy(cfg.to_dict()))
     resolved["stage2"]["learners"] = [key]
     resolved["stage2"]["params"] = {key: params}
     return resolved

@@ -22,9 +22,9 @@ from features.stage1 import stage1_baseline
 from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
-from stage2_gbdt.params import learner_params, run_config
+from stage2_gbdt.params import STAGE, learner_params, run_config
 from stage2_gbdt.resume import FitStore
-from trajstack.artifacts import ArtifactStore
+from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
 from trajstack.logs import get_logger
@@ -94,8 +94,10 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         key, params, ft.train[ft.feature_columns], data.labels[cfg.dataset.target_columns].to_numpy(float),
         ft.test[ft.feature_columns], data.folds.fold_of(ft.train[ft.id_column]),
         target_names=cfg.dataset.target_columns, baseline_train=data.baseline_train,
-        baseline_test=data.baseline_test, early_stopping_rounds=s2.early_stopping_rounds,
-        seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
+        baseline_test=data.baseline_test,
+        groups=data.folds.scene_of(ft.train[ft.id_column]),
+        early_stopping_rounds=s2.early_stopping_rounds, stop_fraction=s2.stop_fraction,
+        refit=s2.refit, seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
         executor=s2.executor, ray_address=s2.ray_address, resume=resume,
     )
 
@@ -118,12 +120,17 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
     spec = cfg.dataset
     params = learner_params(cfg, key)
     run = ArtifactStore(cfg.experiment_dir).run(
-        "stage2", key, run_config(cfg, key, params),
-        inputs={"features": data.features.hash, "labels": table_hash(data.labels)},
+        STAGE, key, run_config(cfg, key, params),
+        inputs={"features": data.features.hash, "labels": table_hash(data.labels),
+                **data.features.upstream},
         fold_hash=data.folds.hash)
     if run.is_done() and not force:
         log(f"stage2 {key}: done already ({run.dir}); --force to refit")
         return run.dir
+    previous = run.read_meta()
+    if (not force and previous and previous.get("status") == "done"
+            and previous.get("config_hash") == run.config_hash):
+        log(f"stage2 {key}: its inputs changed since {run.dir} was made; refitting")
     run.begin(force=force)
     ft = data.features
     run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
@@ -134,8 +141,8 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
         fits.clear()
     result = fit_learner(data, key, params, resume=fits)
     oof, test = prediction_frames(data, result)
-    run.write_parquet("oof.parquet", oof)
-    run.write_parquet("test.parquet", test)
+    run.write_parquet(OOF_FILE, oof)
+    run.write_parquet(TEST_FILE, test)
     write_importance(importance_table(result.importance), run.dir, f"stage 2 {key}: top features",
                      top=cfg.stage2.importance_top)
     labelled = data.labels.set_index(spec.id_column).loc[oof[spec.id_column]]

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from trajstack.artifacts import ArtifactError, ArtifactStore, FoldMismatchError
+from trajstack.artifacts import OOF_FILE, ArtifactError, ArtifactStore, FoldMismatchError
 from trajstack.io import atomic_path, write_parquet_atomic
 
 
@@ -15,7 +15,7 @@ def _run(store, config=None, inputs=None, fold_hash="f1"):
 
 
 def test_atomic_write_leaves_no_half_file_when_interrupted(tmp_path):
-    target = tmp_path / "oof.parquet"
+    target = tmp_path / OOF_FILE
     with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
         tmp.write_bytes(b"half a parquet")
         raise KeyboardInterrupt
@@ -44,7 +44,7 @@ def test_run_lifecycle_and_skip_if_done(tmp_path):
     run = _run(store)
     assert not run.is_done()
     run.begin()
-    run.write_parquet("oof.parquet", pd.DataFrame({"ID": ["a"], "x_0": [1.0]}))
+    run.write_parquet(OOF_FILE, pd.DataFrame({"ID": ["a"], "x_0": [1.0]}))
     assert not run.is_done()  # running, not finished
     run.finish(scores={"mae": 0.5})
     assert run.is_done()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from dataset_factory import make_tiny_dataset
 
-from trajstack.artifacts import ArtifactStore, Run
+from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore, Run
 from trajstack.config import Config, load_config
 from trajstack.folds import Folds, ensure_folds
 from trajstack.metrics import mae_report
@@ -75,8 +75,8 @@ def write_model_run(exp: Experiment, name: str, noise: float, bias: float, seed:
     run = exp.store.run(stage, run_name, {"model": name, "noise": noise}, {"seed": str(seed)},
                         fold_hash or exp.folds.hash)
     run.begin()
-    run.write_parquet("oof.parquet", oof)
-    run.write_parquet("test.parquet", preds.sample(frac=1.0, random_state=seed))  # any order
+    run.write_parquet(OOF_FILE, oof)
+    run.write_parquet(TEST_FILE, preds.sample(frac=1.0, random_state=seed))  # any order
     if stage == "stage1":
         for k in range(exp.folds.n_splits):
             lines = [json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "val_mae": 0.5 + 0.3 / (e + 1)})

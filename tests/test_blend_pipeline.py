@@ -10,7 +10,7 @@ from test_blend_fixtures import make_experiment, write_all_models, write_model_r
 from ensembling.blend import run_blend
 from ensembling.inputs import load_inputs
 from ensembling.submission import submission_problems
-from trajstack.artifacts import ArtifactError, FoldMismatchError
+from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactError, FoldMismatchError
 from trajstack.cli import main as cli_main
 from trajstack.config import ConfigError
 from trajstack.io import read_json
@@ -29,7 +29,7 @@ def test_blend_writes_artifacts_and_a_valid_submission(experiment, capsys):
     assert cli_main(["blend", *exp.cli_args()]) == 0
     out = capsys.readouterr().out
     blend_dir = exp.cfg.experiment_dir / "blend" / "lp"
-    for name in ("weights.json", "weights.png", "scores.json", "oof.parquet", "test.parquet",
+    for name in ("weights.json", "weights.png", "scores.json", OOF_FILE, TEST_FILE,
                  "meta.json", "config.yaml"):
         assert (blend_dir / name).exists(), name
     weights = read_json(blend_dir / "weights.json")
@@ -47,7 +47,7 @@ def test_blend_writes_artifacts_and_a_valid_submission(experiment, capsys):
     assert list(sub.columns) == spec.target_columns
     assert submission_problems(sub_path, exp.data_dir, spec) == []
     test_ids = read_table(exp.data_dir, spec, "test")[spec.id_column]
-    blend_test = pd.read_parquet(blend_dir / "test.parquet").set_index(spec.id_column)
+    blend_test = pd.read_parquet(blend_dir / TEST_FILE).set_index(spec.id_column)
     np.testing.assert_allclose(sub.to_numpy(), blend_test.loc[test_ids, spec.target_columns].to_numpy())
     # The summary names every run, the nested and in-sample blend scores and the submission.
     for text in ("stage1/convnext", "stage2/lightgbm", "nested", "in-sample", str(sub_path)):

@@ -9,7 +9,14 @@ from dataset_factory import make_tiny_dataset
 
 from features.build import build_features
 from features.stage1 import Stage1MissingError, derived_motion
-from trajstack.artifacts import ArtifactStore, FoldMismatchError
+from trajstack.artifacts import (
+    OOF_EMB_FILE,
+    OOF_FILE,
+    TEST_EMB_FILE,
+    TEST_FILE,
+    ArtifactStore,
+    FoldMismatchError,
+)
 from trajstack.config import ConfigError, load_config
 from trajstack.folds import ensure_folds
 from trajstack.tables import read_table
@@ -41,19 +48,19 @@ def write_fake_stage1_run(cfg, name="fake", fold_hash=None, noise=0.1, emb_dim=6
     oof = pd.concat([pd.DataFrame({"ID": ids, "fold": folds.fold_of(ids)}),
                      pd.DataFrame(preds, columns=targets),
                      pd.DataFrame(rng.normal(size=(len(ids), len(aux))), columns=aux)], axis=1)
-    run.write_parquet("oof.parquet", oof)
-    run.write_npy("oof_emb.npy", rng.normal(size=(len(ids), emb_dim)).astype(np.float32))
+    run.write_parquet(OOF_FILE, oof)
+    run.write_npy(OOF_EMB_FILE, rng.normal(size=(len(ids), emb_dim)).astype(np.float32))
     per_fold = []
     for k in range(folds.n_splits):
         fold_test = pd.concat([test[["ID"]], pd.DataFrame(
             rng.normal(size=(len(test), len(targets) + len(aux))), columns=targets + aux)], axis=1)
         (run.dir / f"fold{k}").mkdir(exist_ok=True)
-        run.write_parquet(f"fold{k}/test.parquet", fold_test)
-        run.write_npy(f"fold{k}/test_emb.npy", rng.normal(size=(len(test), emb_dim)).astype(np.float32))
+        run.write_parquet(f"fold{k}/{TEST_FILE}", fold_test)
+        run.write_npy(f"fold{k}/{TEST_EMB_FILE}", rng.normal(size=(len(test), emb_dim)).astype(np.float32))
         per_fold.append(fold_test)
     mean = per_fold[0].copy()
     mean[targets + aux] = np.mean([f[targets + aux].to_numpy() for f in per_fold], axis=0)
-    run.write_parquet("test.parquet", mean)
+    run.write_parquet(TEST_FILE, mean)
     run.finish(scores={"mae": float(np.mean(np.abs(preds - train[targets].to_numpy()[order])))})
     return run.dir
 
@@ -68,8 +75,8 @@ def cfg(tmp_path):
 def test_stage1_features_are_oof_for_train_and_fold_mean_for_test(cfg):
     run_dir = write_fake_stage1_run(cfg)
     table = build_features(cfg, ensure_folds(cfg))
-    oof = pd.read_parquet(run_dir / "oof.parquet").set_index("ID")
-    test = pd.read_parquet(run_dir / "test.parquet").set_index("ID")
+    oof = pd.read_parquet(run_dir / OOF_FILE).set_index("ID")
+    test = pd.read_parquet(run_dir / TEST_FILE).set_index("ID")
     train_feats = table.train.set_index("ID")
     assert np.allclose(train_feats["s1_x_5"], oof.loc[train_feats.index, "x_5"])
     assert np.allclose(train_feats["s1_vy_2"], oof.loc[train_feats.index, "vy_2"])

@@ -23,9 +23,17 @@ from dataset_factory import make_tiny_dataset
 import stage1_nn.train as train_module
 from stage1_nn.data import aux_target_names
 from stage1_nn.predict import predict_checkpoint
-from trajstack.artifacts import ArtifactError
+from trajstack.artifacts import (
+    CHECKPOINT_FILE,
+    OOF_EMB_FILE,
+    OOF_FILE,
+    TEST_EMB_FILE,
+    TEST_FILE,
+    TRAIN_IDS_FILE,
+    ArtifactError,
+)
 from trajstack.config import load_config
-from trajstack.folds import load_folds
+from trajstack.folds import assign_folds, load_folds
 from trajstack.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -81,33 +89,33 @@ def test_oof_covers_every_train_id_once_from_the_model_that_excluded_it(trained)
     cfg, run, data = trained["cfg"], trained["run"], trained["data"]
     spec = cfg.dataset
     assert trained["calls"] == list(range(N_SPLITS))
-    oof = pd.read_parquet(run.dir / "oof.parquet")
+    oof = pd.read_parquet(run.dir / OOF_FILE)
     assert list(oof.columns) == ["ID", "fold", *spec.target_columns, *aux_target_names(spec)]
     assert oof["ID"].tolist() == sorted(data.train_ids)  # each train ID exactly once, sorted
     assert np.isfinite(oof[spec.target_columns].to_numpy()).all()
     folds = load_folds(cfg.experiment_dir / "folds.csv")
     np.testing.assert_array_equal(oof["fold"].to_numpy(), folds.fold_of(oof["ID"].to_numpy()))
     for k in range(N_SPLITS):
-        seen = set(np.load(run.dir / f"fold{k}" / "train_ids.npy").tolist())
+        seen = set(np.load(run.dir / f"fold{k}" / TRAIN_IDS_FILE).tolist())
         predicted = set(oof.loc[oof["fold"] == k, "ID"])
         assert seen.isdisjoint(predicted)  # fold k's model never trained on what it predicted
         assert seen | predicted == set(data.train_ids)
-    emb = np.load(run.dir / "oof_emb.npy")
+    emb = np.load(run.dir / OOF_EMB_FILE)
     assert emb.shape[0] == len(oof) and np.isfinite(emb).all()
 
 
 def test_artifacts_and_scores(trained):
     cfg, run, data = trained["cfg"], trained["run"], trained["data"]
     spec = cfg.dataset
-    test = pd.read_parquet(run.dir / "test.parquet")
+    test = pd.read_parquet(run.dir / TEST_FILE)
     assert test["ID"].tolist() == sorted(data.test_ids)
     assert list(test.columns) == ["ID", *spec.target_columns, *aux_target_names(spec)]
-    per_fold = [pd.read_parquet(run.dir / f"fold{k}" / "test.parquet") for k in range(N_SPLITS)]
+    per_fold = [pd.read_parquet(run.dir / f"fold{k}" / TEST_FILE) for k in range(N_SPLITS)]
     mean = np.mean([p[spec.target_columns].to_numpy() for p in per_fold], axis=0)
     np.testing.assert_allclose(test[spec.target_columns].to_numpy(), mean, rtol=1e-6)
     for k in range(N_SPLITS):
         fold_dir = run.dir / f"fold{k}"
-        assert np.load(fold_dir / "test_emb.npy").shape[0] == len(data.test_ids)
+        assert np.load(fold_dir / TEST_EMB_FILE).shape[0] == len(data.test_ids)
         assert (fold_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
         record = json.loads((fold_dir / "metrics.jsonl").read_text().splitlines()[-1])
         assert {"epoch", "train_loss", "val_mae", "lr_head", "lr_backbone"} <= set(record)
@@ -119,19 +127,19 @@ def test_artifacts_and_scores(trained):
 
 def test_checkpoint_reloads_to_identical_predictions(trained):
     run = trained["run"]
-    ckpt = run.dir / "fold0" / "model.pt"
+    ckpt = run.dir / "fold0" / CHECKPOINT_FILE
     payload = torch.load(ckpt, weights_only=True)
     assert {"state_dict", "model_config", "dims", "encoder", "config"} <= set(payload)
-    oof = pd.read_parquet(run.dir / "oof.parquet")
+    oof = pd.read_parquet(run.dir / OOF_FILE)
     fold0 = oof[oof["fold"] == 0].reset_index(drop=True)
     frame, emb = predict_checkpoint(ckpt, split="train", ids=fold0["ID"].tolist())
     assert frame["ID"].tolist() == fold0["ID"].tolist()
     cols = [c for c in frame.columns if c != "ID"]
     np.testing.assert_allclose(frame[cols].to_numpy(), fold0[cols].to_numpy(), atol=1e-5)
-    np.testing.assert_allclose(emb, np.load(run.dir / "oof_emb.npy")[(oof["fold"] == 0).to_numpy()], atol=1e-5)
+    np.testing.assert_allclose(emb, np.load(run.dir / OOF_EMB_FILE)[(oof["fold"] == 0).to_numpy()], atol=1e-5)
     test_frame, _ = predict_checkpoint(ckpt, split="test")
     np.testing.assert_allclose(test_frame[cols].to_numpy(),
-                               pd.read_parquet(run.dir / "fold0" / "test.parquet")[cols].to_numpy(), atol=1e-5)
+                               pd.read_parquet(run.dir / "fold0" / TEST_FILE)[cols].to_numpy(), atol=1e-5)
 
 
 def test_resume_skips_done_folds(trained):
@@ -146,7 +154,7 @@ def test_resume_skips_done_folds(trained):
         again = train_module.run_stage1(cfg)
         assert calls == [1]
         assert again.is_done()
-    oof = pd.read_parquet(run.dir / "oof.parquet")
+    oof = pd.read_parquet(run.dir / OOF_FILE)
     assert oof["ID"].is_unique and len(oof) == len(trained["data"].train_ids)
 
 
@@ -157,12 +165,12 @@ def test_ddp_two_cpu_processes_match_one_process_coverage(trained):
     proc = subprocess.run([sys.executable, "-m", "stage1_nn.train", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = pd.read_parquet(trained["run"].dir / "oof.parquet")
+    single = pd.read_parquet(trained["run"].dir / OOF_FILE)
     ddp_dir = root / "out" / "tiny_ddp" / "stage1" / trained["cfg"].stage1.name
-    ddp = pd.read_parquet(ddp_dir / "oof.parquet")
+    ddp = pd.read_parquet(ddp_dir / OOF_FILE)
     assert ddp["ID"].tolist() == single["ID"].tolist()  # every ID once: no loss, no duplicates
     np.testing.assert_array_equal(ddp["fold"].to_numpy(), single["fold"].to_numpy())
-    assert pd.read_parquet(ddp_dir / "test.parquet")["ID"].tolist() == sorted(data.test_ids)
+    assert pd.read_parquet(ddp_dir / TEST_FILE)["ID"].tolist() == sorted(data.test_ids)
 
 
 def test_other_switches_train_and_predict(trained):
@@ -177,9 +185,9 @@ def test_other_switches_train_and_predict(trained):
                                "stage1.mode=row", "stage1.loss.aux=false", "stage1.channels_last=false",
                                "stage1.optim.name=sam", "stage1.optim.schedule=hold"])
     run = train_module.run_stage1(cfg)
-    oof = pd.read_parquet(run.dir / "oof.parquet")
+    oof = pd.read_parquet(run.dir / OOF_FILE)
     assert set(oof["fold"]) == {0} and np.isfinite(oof.drop(columns=["ID", "fold"]).to_numpy()).all()
-    frame, _ = predict_checkpoint(run.dir / "fold0" / "model.pt", split="train", ids=oof["ID"].tolist())
+    frame, _ = predict_checkpoint(run.dir / "fold0" / CHECKPOINT_FILE, split="train", ids=oof["ID"].tolist())
     np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
                                atol=1e-5)
 
@@ -192,8 +200,8 @@ def test_physics_baseline_run_reloads_and_records_its_vehicle(trained):
                  "stage1.baseline=physics", "stage1.tta_flip=true"]
     run = train_module.run_stage1(load_config("demo", overrides))
     assert yaml.safe_load((run.dir / "config.yaml").read_text())["features"]["physics"]["wheelbase_m"] == 2.7
-    oof = pd.read_parquet(run.dir / "oof.parquet")
-    frame, _ = predict_checkpoint(run.dir / "fold0" / "model.pt", split="train", ids=oof["ID"].tolist())
+    oof = pd.read_parquet(run.dir / OOF_FILE)
+    frame, _ = predict_checkpoint(run.dir / "fold0" / CHECKPOINT_FILE, split="train", ids=oof["ID"].tolist())
     np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
                                atol=1e-5)
     other_vehicle = load_config("demo", [*overrides, "features.physics.wheelbase_m=3.1"])
@@ -225,3 +233,57 @@ def test_rows_without_labels_leave_loss_and_score_and_still_get_oof(tmp_path):
     assert scores["mae"] == pytest.approx(expected)
     assert scores["n_rows"] == len(oof) - 3 and scores["n_unlabelled"] == 3
     assert all(np.isfinite(v) for v in scores["per_fold"].values())
+
+
+@pytest.mark.parametrize("select", ["last", "holdout"])
+def test_no_scored_row_reaches_epoch_selection(trained, monkeypatch, select):
+    """The rows each epoch's weights are judged on (the selection metric) are never the scored
+    fold's, and with `holdout` they are whole training scenes the net did not train on. And the
+    scored fold's labels cannot move the fold's predictions: changing them leaves the kept
+    weights bitwise the same."""
+    root = trained["root"]
+    offered: list[np.ndarray | None] = []
+    original = train_module.EpochChoice.offer
+
+    def recording(self, epoch, model, selection, targets):
+        offered.append(None if selection is None else selection["rows"].copy())
+        return original(self, epoch, model, selection, targets)
+
+    monkeypatch.setattr(train_module.EpochChoice, "offer", recording)
+    predictions = []
+    for shift in (0.0, 5.0):
+        data = make_tiny_dataset(root / f"data_sel_{select}_{shift}", n_scenes=6, rows_per_scene=2,
+                                 seed=3, n_test_scenes=2)
+        cfg = load_config("demo", [*_overrides(data.root, root / "out", f"sel_{select}_{shift}"),
+                                   "stage1.folds=[0]", "stage1.epochs=2", f"stage1.select={select}",
+                                   "stage1.select_fraction=0.3"])
+        table = data.read_table("train")
+        # Folds depend on the scenes only: those of the unchanged table are the run's.
+        fold_of = assign_folds(read_table(data.root, cfg.dataset, "train"), cfg.dataset, cfg.folds)
+        scored = (fold_of.set_index("ID").loc[table["ID"], "fold"] == 0).to_numpy()
+        targets = cfg.dataset.target_columns
+        for col in targets:  # fold-0 labels only
+            table[col] = table[col].astype(float) + np.where(scored, shift, 0.0)
+        data.write_table("train", table)
+        offered.clear()
+        run = train_module.run_stage1(cfg)
+        assert len(offered) == 2  # every epoch is offered to the one choice
+        train_ids = set(np.load(run.dir / "fold0" / TRAIN_IDS_FILE).tolist())
+        folds = load_folds(cfg.experiment_dir / "folds.csv")
+        assert ((folds.fold_of(table["ID"]) == 0) == scored).all()
+        scenes = folds.scene_of(table["ID"].to_numpy(str))
+        for rows in offered:
+            if select == "last":
+                assert rows is None  # nothing scored: the final weights are kept
+                continue
+            assert len(rows) and not scored[rows].any()
+            assert train_ids.isdisjoint(table["ID"].to_numpy(str)[rows])
+            assert set(scenes[rows]).isdisjoint(scenes[np.isin(table["ID"], list(train_ids))])
+        oof = pd.read_parquet(run.dir / OOF_FILE)
+        predictions.append(oof[targets].to_numpy())
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+def test_select_best_is_refused_with_the_reason():
+    with pytest.raises(Exception, match="scored fold"):
+        load_config("demo", ["stage1.select=best"])

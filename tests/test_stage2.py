@@ -14,6 +14,7 @@ from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, cre
 from stage2_gbdt.params import params_file
 from stage2_gbdt.resume import FitStore
 from stage2_gbdt.train import parse_learners, target_baseline
+from trajstack.artifacts import OOF_FILE, TEST_FILE
 from trajstack.cli import main as cli_main
 from trajstack.config import load_config
 from trajstack.folds import load_folds
@@ -98,13 +99,13 @@ def test_swapping_the_learner_is_a_config_change_only(tiny, tmp_path, capsys):
     root = tmp_path / "demo" / "stage2"
     for key in ("xgboost", "catboost"):
         run = root / key
-        assert {"config.yaml", "meta.json", "oof.parquet", "test.parquet", "importance.csv",
+        assert {"config.yaml", "meta.json", OOF_FILE, TEST_FILE, "importance.csv",
                 "importance.png"} <= {p.name for p in run.iterdir()}
         params = yaml.safe_load((run / "config.yaml").read_text())["stage2"]["params"]
         assert list(params) == [key]  # the file's defaults merged with the override
         defaults = yaml.safe_load(params_file(key).read_text())
         assert params[key] == {**defaults, **SMALL[key]}
-        oof, test = pd.read_parquet(run / "oof.parquet"), pd.read_parquet(run / "test.parquet")
+        oof, test = pd.read_parquet(run / OOF_FILE), pd.read_parquet(run / TEST_FILE)
         targets = load_config("demo").dataset.target_columns
         assert list(oof.columns) == ["ID", "fold", *targets] and list(test.columns) == ["ID", *targets]
         assert oof["ID"].is_monotonic_increasing and sorted(oof["ID"]) == sorted(tiny.train_ids)
@@ -142,13 +143,64 @@ def test_oof_covers_each_row_once_from_a_model_that_never_saw_it(monkeypatch):
 
 def test_oof_rows_and_folds_match_folds_csv(tiny, tmp_path):
     assert main(_args(tiny, tmp_path, "--learner", "lightgbm", "features.stage1=false")) == 0
-    oof = pd.read_parquet(tmp_path / "demo" / "stage2" / "lightgbm" / "oof.parquet")
+    oof = pd.read_parquet(tmp_path / "demo" / "stage2" / "lightgbm" / OOF_FILE)
     folds = load_folds(tmp_path / "demo" / "folds.csv")
     assert oof["ID"].is_unique and len(oof) == len(tiny.train_ids)
     assert (oof["fold"].to_numpy() == folds.fold_of(oof["ID"])).all()
     assert np.isfinite(oof.iloc[:, 2:].to_numpy()).all()
     fits = list((tmp_path / "demo" / "stage2" / "lightgbm" / "fits").glob("*.npz"))
     assert len(fits) == 18 * 3  # every (target, fold) fit saved for a resume
+
+
+class EvalRecorder(GBDTRegressor):
+    """Records the `row` feature of every row it fits on and every row it early-stops on."""
+
+    calls: list[dict] = []
+
+    def fit(self, X, y, eval_set=None):
+        stop = np.concatenate([Xv[:, 0] for Xv, _ in eval_set]) if eval_set else np.array([])
+        EvalRecorder.calls.append({"fit": X[:, 0].astype(int), "stop": stop.astype(int),
+                                   "rounds": (self.params or {}).get("n_estimators")})
+        self.best_iteration_, self.feature_importances_ = 3, np.zeros(X.shape[1])
+        return self
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_no_scored_row_reaches_early_stopping(monkeypatch, refit):
+    monkeypatch.setitem(LEARNERS._entries, "recorder", EvalRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    X, Y, folds = synthetic()
+    X.insert(0, "row", np.arange(len(X), dtype=float))
+    scenes = np.arange(len(X)) // 6  # 6 rows a scene; folds below keep scenes whole
+    folds = scenes % 4
+    cross_validate("recorder", {}, X, Y[:, :1], X.iloc[:5], folds, target_names=["t0"],
+                   groups=scenes, early_stopping_rounds=5, refit=refit, seed=3)
+    stopped = [c for c in EvalRecorder.calls if len(c["stop"])]
+    assert len(stopped) == 4  # one stopping fit per fold
+    for call in stopped:
+        (fold,) = set(range(4)) - set(folds[call["fit"]])  # the fold this fit scores
+        scored = np.flatnonzero(folds == fold)
+        assert len(call["stop"]) and not np.isin(call["stop"], scored).any()
+        assert not np.isin(call["fit"], scored).any()
+        # scenes do not straddle the inner split
+        assert not set(scenes[call["stop"]]) & set(scenes[call["fit"]])
+        assert 0.1 < len(set(scenes[call["stop"]])) / len(set(scenes[folds != fold])) < 0.3
+    refits = [c for c in EvalRecorder.calls if not len(c["stop"])]
+    assert len(refits) == (4 if refit else 0)
+    for call in refits:  # the refit sees every training row once, with the rounds found
+        (fold,) = set(range(4)) - set(folds[call["fit"]])
+        assert sorted(call["fit"]) == sorted(np.flatnonzero((folds != fold) & ~np.isnan(Y[:, 0])))
+        assert call["rounds"] == 3
+
+
+def test_refit_and_kept_stopped_model_both_learn():
+    X, Y, _ = synthetic()
+    for refit in (True, False):
+        result = cv(refit=refit)
+        assert result.scores["mae"] < 0.5 * np.nanmean(np.abs(Y - np.nanmean(Y, 0)))
 
 
 class PowerCut(LightGBMRegressor):
@@ -167,15 +219,16 @@ class PowerCut(LightGBMRegressor):
 def test_an_interrupted_learner_resumes_with_only_the_missing_fits(monkeypatch, tmp_path):
     monkeypatch.setitem(LEARNERS._entries, "powercut", PowerCut)
     store = FitStore(tmp_path / "fits", signature="abc")
+    # refit=False: one library fit per (target, fold) task, so fits count tasks
     monkeypatch.setattr(PowerCut, "fail_at", 6)
     with pytest.raises(RuntimeError, match="power cut"):
-        cv("powercut", SMALL["lightgbm"], resume=store)
+        cv("powercut", SMALL["lightgbm"], resume=store, refit=False)
     assert len(list(store.folder.glob("*.npz"))) == 5  # the 5 fits that returned, of 2 x 4
     monkeypatch.setattr(PowerCut, "fits", 0)
     monkeypatch.setattr(PowerCut, "fail_at", None)
-    resumed = cv("powercut", SMALL["lightgbm"], resume=store)
+    resumed = cv("powercut", SMALL["lightgbm"], resume=store, refit=False)
     assert PowerCut.fits == 3  # only the missing ones
-    uninterrupted = cv("lightgbm")
+    uninterrupted = cv("lightgbm", refit=False)
     np.testing.assert_array_equal(resumed.oof, uninterrupted.oof)
     np.testing.assert_array_equal(resumed.test, uninterrupted.test)
     pd.testing.assert_frame_equal(resumed.importance, uninterrupted.importance)
@@ -252,14 +305,14 @@ def test_stage1_target_baseline_adds_the_stage1_predictions_back(tiny, tmp_path)
                       "features.builders=[telemetry, stage1]", *no_splits)) == 0
     out = tmp_path / "s1b" / "stage2" / "lightgbm"
     targets = cfg.dataset.target_columns
-    oof = pd.read_parquet(out / "oof.parquet").set_index("ID")
-    s1_oof = pd.read_parquet(run_dir / "oof.parquet").set_index("ID").loc[oof.index]
+    oof = pd.read_parquet(out / OOF_FILE).set_index("ID")
+    s1_oof = pd.read_parquet(run_dir / OOF_FILE).set_index("ID").loc[oof.index]
     residual = oof[targets] - s1_oof[targets]
     spread = residual.groupby(oof["fold"]).agg(lambda v: v.max() - v.min())
     assert spread.to_numpy().max() < 1e-9
     assert residual.abs().to_numpy().max() < 1.0  # the constant is a small correction, not the target
-    test = pd.read_parquet(out / "test.parquet").set_index("ID")
-    s1_test = pd.read_parquet(run_dir / "test.parquet").set_index("ID").loc[test.index]
+    test = pd.read_parquet(out / TEST_FILE).set_index("ID")
+    s1_test = pd.read_parquet(run_dir / TEST_FILE).set_index("ID").loc[test.index]
     test_residual = test[targets] - s1_test[targets]
     assert (test_residual.max() - test_residual.min()).max() < 1e-9
     assert "target baseline stage1" in (out / "log.txt").read_text()

@@ -17,6 +17,7 @@ pytest.importorskip("timm")
 from dataset_factory import make_tiny_dataset  # noqa: E402
 
 from stage1_nn.vlm.tiny import prompt_texts, save_tiny_qwen2_vl  # noqa: E402
+from trajstack.artifacts import CHECKPOINT_FILE, OOF_FILE  # noqa: E402
 from trajstack.cli import main as trajstack_main  # noqa: E402
 from trajstack.config import load_config  # noqa: E402
 
@@ -50,8 +51,8 @@ def test_stage1_one_epoch_with_vlm_features(tmp_path):
         torch.set_num_threads(before)
 
     run = next((tmp_path / "out" / "vlm1" / "stage1").iterdir())
-    oof = pd.read_parquet(run / "oof.parquet")
+    oof = pd.read_parquet(run / OOF_FILE)
     assert len(oof) > 0 and np.isfinite(oof.filter(regex=r"^[xyz]_\d$").to_numpy()).all()
-    state = torch.load(run / "fold0" / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "fold0" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["state_dict"]
     # The VLM vector enters through the extra-input projector, sized to the VLM's hidden state.
     assert state["extra.0.weight"].shape[1] == HIDDEN

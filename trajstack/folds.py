@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
 
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, FoldsConfig
@@ -41,13 +41,20 @@ class Folds:
 
     def fold_of(self, ids: pd.Series | np.ndarray) -> np.ndarray:
         """Fold of each ID; an ID absent from folds.csv is an error naming it."""
-        lookup = pd.Series(self.table["fold"].to_numpy(), index=self.table["ID"].to_numpy())
-        folds = lookup.reindex(np.asarray(ids))
-        if folds.isna().any():
-            missing = folds.index[folds.isna()][0]
+        return self._lookup("fold", ids).to_numpy(int)
+
+    def scene_of(self, ids: pd.Series | np.ndarray) -> np.ndarray:
+        """Scene of each ID (the group that inner splits keep whole); unknown IDs as in `fold_of`."""
+        return self._lookup("scene", ids).to_numpy(str)
+
+    def _lookup(self, column: str, ids: pd.Series | np.ndarray) -> pd.Series:
+        lookup = pd.Series(self.table[column].to_numpy(), index=self.table["ID"].to_numpy())
+        values = lookup.reindex(np.asarray(ids))
+        if values.isna().any():
+            missing = values.index[values.isna()][0]
             raise ArtifactError(f"ID {missing!r} is not in {self.path}; the train table changed "
                                 "since the folds were made: use a new experiment (EXP=...)")
-        return folds.to_numpy(int)
+        return values
 
 
 def require_shuffled_group_kfold() -> None:
@@ -87,6 +94,31 @@ def assign_folds(train: pd.DataFrame, spec: DatasetSpec, cfg: FoldsConfig) -> pd
     for k, (_, valid_idx) in enumerate(splits):
         fold[valid_idx] = k
     return pd.DataFrame({"ID": ids, "scene": scenes, "fold": fold})
+
+
+def inner_holdout(rows: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit_rows, held_rows): `rows` split by group (scene), about `fraction` of their groups held out.
+
+    The inner split used to choose a model (GBDT rounds, a network's epoch) without touching the
+    fold it will be scored on: pass a fold's *training* rows. Groups never straddle the split.
+
+    Parameters
+    ----------
+    rows : row positions to split (e.g. every row outside the scored fold).
+    groups : group (scene) of every row of the table, indexed by position.
+    fraction : share of the groups held out (at least one, and at least one left to fit on).
+    seed : seed of the draw.
+    """
+    rows = np.asarray(rows)
+    n_groups = len(np.unique(groups[rows]))
+    if n_groups < 2:
+        raise ArtifactError(f"an inner holdout needs >= 2 training scenes, got {n_groups}: "
+                            "use more scenes or turn model selection off")
+    n_held = min(max(1, int(round(fraction * n_groups))), n_groups - 1)
+    splitter = GroupShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
+    fit_idx, held_idx = next(splitter.split(rows, groups=groups[rows]))
+    return rows[np.sort(fit_idx)], rows[np.sort(held_idx)]
 
 
 def _stratify_labels(train: pd.DataFrame, cfg: FoldsConfig) -> np.ndarray:
