@@ -22,6 +22,12 @@ from benchmarks.readme_table import update_readme_table
 from trajstack.config import load_config
 
 
+def _ladder(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_ladder
+
+    return bench_ladder.run(args.config, args.data, args.exp)
+
+
 def _cache(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_cache
 
@@ -64,6 +70,7 @@ def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "pipeline": ("`make stage1 stage2 blend` on the demo data", _pipeline),
+    "ladder": ("telemetry-only stage 2 -> stack -> perception oracle, share captured", _ladder),
     "cache": ("image cache: build and loader speed", _cache),
     "drivesim": ("drivesim generation speed", _drivesim),
     "stage1": ("stage-1 training and loader speed (CPU)", _stage1),
