@@ -161,8 +161,11 @@ def ladder_runs(cfgs: dict[str, Config], learner: str) -> tuple[str, list[tuple[
 
 def _predictions(frame: pd.DataFrame, ids: np.ndarray, id_col: str, targets: list[str],
                  what: str) -> np.ndarray:
-    """(n, n_targets) rows of `frame` in the order of `ids`; each ID must be there."""
-    table = frame.drop_duplicates(id_col).set_index(id_col)
+    """(n, n_targets) rows of `frame` in the order of `ids`; each ID must be there once."""
+    dupes = frame[id_col][frame[id_col].duplicated()]
+    if len(dupes):
+        raise LadderError(f"{what} lists ID {dupes.iloc[0]!r} more than once; rerun that stage")
+    table = frame.set_index(frame[id_col].astype(str))
     missing = ~np.isin(ids, table.index.to_numpy(str))
     if missing.any():
         raise LadderError(f"{what} lacks {int(missing.sum())} of {len(ids)} rows (e.g. "
