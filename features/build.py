@@ -115,7 +115,10 @@ def build_features(
         clash = sorted(set(out_train.columns) & set(part_train.columns) - {id_col})
         if clash:
             made_by = sorted({owner[c] for c in clash})
-            hint = f"; {builder.clash_hint(ctx, clash)}" if builder.clash_hint else ""
+            # Either side may know where its columns come from (e.g. which user file).
+            hints = [BUILDERS.get(b).clash_hint(ctx, clash) for b in dict.fromkeys([name, *made_by])
+                     if BUILDERS.get(b).clash_hint]
+            hint = "".join(f"; {h}" for h in hints)
             # Two sources of one name is a config problem (the CLI reports ConfigError cleanly).
             raise ConfigError(f"feature builder {name} repeats columns {clash} already made by "
                               f"{made_by}{hint}")

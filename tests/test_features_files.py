@@ -73,9 +73,9 @@ def test_a_train_and_test_pair_of_parquet_files_and_a_column_subset(tiny, tmp_pa
         values.set_index("ID").loc[tiny.test_ids, "depth"].to_numpy())
 
 
-def _error(tiny, tmp_path, entry, *extra):
+def _error(tiny, tmp_path, entry, *extra, builders="[telemetry]"):
     with pytest.raises((FeatureFileError, ConfigError)) as info:
-        build_features(_cfg(tiny, tmp_path, files_override(entry), *extra))
+        build_features(_cfg(tiny, tmp_path, files_override(entry), *extra, builders=builders))
     return str(info.value)
 
 
@@ -110,6 +110,9 @@ def test_a_clash_with_other_features_names_the_file(tiny, tmp_path):
     message = _error(tiny, tmp_path, {"path": str(path)})
     assert "['vEgo']" in message and "telemetry" in message and str(path) in message
     assert "prefix" in message
+    # The other way round (the file's builder first), the message still names the file.
+    message = _error(tiny, tmp_path, {"path": str(path)}, builders="[files, telemetry]")
+    assert "feature builder telemetry repeats columns ['vEgo']" in message and str(path) in message
     assert "cam_vEgo" in build_features(_cfg(tiny, tmp_path, files_override(
         {"path": str(path), "prefix": "cam_"}))).feature_columns  # the fix works
 
