@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from benchmarks.bench_pipeline import machine_info
 from benchmarks.readme_table import update_readme_table
+from trajstack.artifacts import ArtifactError
 from trajstack.config import load_config
 
 
@@ -132,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         title, bench = BENCHMARKS[name]
         print(f"== bench {name}: {title}", flush=True)
-        result = bench(args)
+        try:
+            result = bench(args)
+        except ArtifactError as err:  # e.g. the ladder on data without oracle/camera_state.csv
+            print(f"bench {name}: {err}", file=sys.stderr)
+            return 2
         print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2,
                          default=str))
         update_readme_table(Path(args.readme), name, to_markdown(title, result))
