@@ -51,6 +51,8 @@ class FeatureBuilder:
     config_of: Callable[[Config], Any]
     # Extra input hashes beyond the train/test files (e.g. a stage-1 run's signature).
     extra_inputs: Callable[[BuildContext], dict[str, str]] = lambda ctx: {}
+    # Where the builder's clashing columns come from and what to change (for the error message).
+    clash_hint: Callable[[BuildContext, list[str]], str] | None = None
 
 
 BUILDERS: Registry[FeatureBuilder] = Registry("feature builder")
@@ -60,12 +62,13 @@ def register_builder(
     name: str,
     config_of: Callable[[Config], Any] = lambda cfg: None,
     extra_inputs: Callable[[BuildContext], dict[str, str]] | None = None,
+    clash_hint: Callable[[BuildContext, list[str]], str] | None = None,
 ) -> Callable[[Callable[[BuildContext], SplitFrames]], Callable[[BuildContext], SplitFrames]]:
     """Decorator registering `fn(ctx) -> (train, test)` as builder `name`."""
 
     def add(fn: Callable[[BuildContext], SplitFrames]) -> Callable[[BuildContext], SplitFrames]:
         BUILDERS.register(name)(FeatureBuilder(
-            name, fn, config_of, extra_inputs or (lambda ctx: {})))
+            name, fn, config_of, extra_inputs or (lambda ctx: {}), clash_hint))
         return fn
 
     return add

@@ -1,4 +1,5 @@
-"""Assemble the feature table from the builders listed in `features.builders`, with a cache.
+"""Assemble the feature table from the active builders (`features.builders`, plus `files` when
+`features.files` names any), with a cache.
 
 Each builder's output is cached under `outputs/<exp>/features/<builder>-<key>.<split>.parquet`,
 where the key hashes the builder's name, its config section, the code version, the dataset spec
@@ -15,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 # Importing the builder modules registers them.
-from features import physics, scene_lags, stage1, telemetry, traffic_lights  # noqa: F401
+from features import files, physics, scene_lags, stage1, telemetry, traffic_lights  # noqa: F401
 from features.base import BUILDERS, BuildContext
-from trajstack.config import Config
+from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds
 from trajstack.io import data_hash, write_parquet_atomic
 from trajstack.logs import get_logger
@@ -97,6 +98,7 @@ def build_features(
     out_train, out_test = train[[id_col]].copy(), test[[id_col]].copy()
     keys: dict[str, str] = {}
     upstream: dict[str, str] = {}
+    owner: dict[str, str] = {}  # column -> builder that made it
     for name in names:
         builder = BUILDERS.get(name)
         extra = builder.extra_inputs(ctx)
@@ -118,9 +120,17 @@ def build_features(
             status = "built"
         for part, table in ((part_train, train), (part_test, test)):
             _check_rows(part, table, id_col, name)
-        clash = set(out_train.columns) & set(part_train.columns) - {id_col}
+        clash = sorted(set(out_train.columns) & set(part_train.columns) - {id_col})
         if clash:
-            raise RuntimeError(f"feature builder {name} repeats columns {sorted(clash)}")
+            made_by = sorted({owner[c] for c in clash})
+            # Either side may know where its columns come from (e.g. which user file).
+            hints = [BUILDERS.get(b).clash_hint(ctx, clash) for b in dict.fromkeys([name, *made_by])
+                     if BUILDERS.get(b).clash_hint]
+            hint = "".join(f"; {h}" for h in hints)
+            # Two sources of one name is a config problem (the CLI reports ConfigError cleanly).
+            raise ConfigError(f"feature builder {name} repeats columns {clash} already made by "
+                              f"{made_by}{hint}")
+        owner |= dict.fromkeys(part_train.columns.drop(id_col), name)
         out_train = pd.concat([out_train, part_train.drop(columns=id_col)], axis=1)
         out_test = pd.concat([out_test, part_test.drop(columns=id_col)], axis=1)
         (log or logger.info)(f"features {name}: {part_train.shape[1] - 1} columns ({status}, key {key})")

@@ -2,14 +2,15 @@
 
 `builders` lists the builders by registry name, in column order; each builder's options live
 in its own sub-section. `features.stage1: false` is shorthand for `features.stage1.enabled: false`
-(stage 2 then runs without stage 1 and without images).
+(stage 2 then runs without stage 1 and without images). `features.files` lists per-ID
+column files to join (bring-your-own features); the `files` builder runs whenever it is non-empty.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from trajstack.spec import StrictModel
 
@@ -62,8 +63,46 @@ class Stage1FeatureConfig(StrictModel):
     derived: bool = True
 
 
+class FeatureFileConfig(StrictModel):
+    """One source of per-ID columns: `path` holding both splits' IDs, or a `train` + `test` pair.
+
+    Paths are relative to the working directory (like `data_dir`); .parquet or .csv.
+    """
+
+    path: str | None = None
+    train: str | None = None
+    test: str | None = None
+    # Put before every column name (e.g. depth_), so that names cannot clash with other features.
+    prefix: str = ""
+    # Columns to join (None: every column but the ID); each must be numeric or boolean.
+    columns: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> FeatureFileConfig:
+        if self.path is not None and (self.train is not None or self.test is not None):
+            raise ValueError(f"give either path ({self.path}) or train + test, not both")
+        if self.path is None:
+            if self.train is None and self.test is None:
+                raise ValueError("give path (one file with train and test IDs) or train + test")
+            if self.test is None:
+                raise ValueError(f"train file {self.train} has no test counterpart: add "
+                                 "test: <file with the test IDs> (or use path: for one file "
+                                 "holding both)")
+            if self.train is None:
+                raise ValueError(f"test file {self.test} has no train counterpart: add "
+                                 "train: <file with the train IDs> (or use path: for one file "
+                                 "holding both)")
+        return self
+
+    def files(self) -> dict[str, str]:
+        """Split name (train, test, or both) -> file path."""
+        return {"both": self.path} if self.path is not None else {
+            "train": str(self.train), "test": str(self.test)}
+
+
 class FeaturesConfig(StrictModel):
-    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights, stage1.
+    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights, stage1
+    # (and files, which `files` below switches on).
     builders: list[str] = ["telemetry", "scene_lags", "physics", "traffic_lights", "stage1"]
     # Cache each builder's output under outputs/<exp>/features/, keyed by its input hash.
     cache: bool = True
@@ -71,6 +110,11 @@ class FeaturesConfig(StrictModel):
     physics: PhysicsConfig = PhysicsConfig()
     traffic_lights: TrafficLightConfig = TrafficLightConfig()
     stage1: Stage1FeatureConfig = Stage1FeatureConfig()
+    # Per-ID columns from the user's files, e.g. [{train: a.parquet, test: b.parquet, prefix:
+    # depth_}] or [{path: both.csv, prefix: cam_}]. Non-empty switches the `files` builder on
+    # (appended after `builders`, unless `builders` places it; listed there with no files, it
+    # adds nothing).
+    files: list[FeatureFileConfig] = []
 
     @field_validator("stage1", mode="before")
     @classmethod
@@ -88,8 +132,13 @@ class FeaturesConfig(StrictModel):
 
     @property
     def active_builders(self) -> list[str]:
-        """Builders that run: the list, less stage1 when it is switched off."""
-        return [b for b in self.builders if b != "stage1" or self.stage1.enabled]
+        """Builders that run: the list, less stage1 when it is switched off; `files` runs exactly
+        when `features.files` is non-empty (at the end, unless the list places it)."""
+        active = [b for b in self.builders if (b != "stage1" or self.stage1.enabled)
+                  and (b != "files" or self.files)]
+        if self.files and "files" not in active:
+            active.append("files")
+        return active
 
     @property
     def uses_stage1(self) -> bool:
