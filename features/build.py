@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 # Importing the builder modules registers them.
-from features import physics, scene_lags, stage1, telemetry, traffic_lights  # noqa: F401
+from features import image_stats, physics, scene_lags, stage1, telemetry, traffic_lights  # noqa: F401
 from features.base import BUILDERS, BuildContext
 from trajstack.config import Config
 from trajstack.folds import Folds

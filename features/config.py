@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from trajstack.spec import StrictModel
 
@@ -52,6 +52,21 @@ class TrafficLightConfig(StrictModel):
     largest_light: bool = True
 
 
+ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "orientation"]
+
+
+class ImageStatsConfig(StrictModel):
+    # Statistic groups of features/image_stats.py, in column order.
+    groups: list[ImageStatGroup] = ["flow", "similarity", "regions", "row_profile", "orientation"]
+    # Coarse grid (rows x cols) for per-cell statistics; grid_rows is also the number of bands.
+    grid_rows: int = Field(4, ge=1)
+    grid_cols: int = Field(4, ge=1)
+    # Bins of the per-row edge / intensity profiles of the frame at t.
+    profile_bins: int = Field(16, ge=1)
+    # A progress bar while computing (on a terminal); does not change the output.
+    progress: bool = True
+
+
 class Stage1FeatureConfig(StrictModel):
     enabled: bool = True
     # Stage-1 run names under outputs/<exp>/stage1/; None: every finished run.
@@ -73,6 +88,7 @@ class FeaturesConfig(StrictModel):
     scene_lags: SceneLagConfig = SceneLagConfig()
     physics: PhysicsConfig = PhysicsConfig()
     traffic_lights: TrafficLightConfig = TrafficLightConfig()
+    image_stats: ImageStatsConfig = ImageStatsConfig()
     stage1: Stage1FeatureConfig = Stage1FeatureConfig()
 
     @field_validator("stage1", mode="before")
