@@ -52,12 +52,13 @@ class TrafficLightConfig(StrictModel):
     largest_light: bool = True
 
 
-ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "orientation"]
+ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation"]
 
 
 class ImageStatsConfig(StrictModel):
     # Statistic groups of features/image_stats.py, in column order.
-    groups: list[ImageStatGroup] = ["flow", "similarity", "regions", "row_profile", "orientation"]
+    groups: list[ImageStatGroup] = ["flow", "similarity", "regions", "row_profile", "horizon",
+                                    "orientation"]
     # Coarse grid (rows x cols) for per-cell statistics; grid_rows is also the number of bands.
     grid_rows: int = Field(4, ge=1)
     grid_cols: int = Field(4, ge=1)

@@ -15,6 +15,10 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   t (pooled into bins), and the row of the strongest horizontal edge / intensity step in each
   frame: where the horizon sits, which moves with the camera's pitch and so with the road's
   grade.
+- `horizon`: the camera's pitch from the row of the strongest horizontal edge of each frame
+  (the horizon line sits fy * tan(pitch) below the principal point, K in `dataset.camera`), and
+  the height change it implies over each target horizon if the road keeps that grade:
+  tan(pitch) * the constant-acceleration distance (speed and acceleration from telemetry).
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -24,8 +28,10 @@ rows processed in parallel; the cache key covers the image cache's source finger
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,7 +44,11 @@ from trajstack.image_cache import (
     read_split_ids,
     source_fingerprint,
 )
+from trajstack.physics import telemetry_column, travelled_distance
 from trajstack.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from features.config import PhysicsConfig
 
 ROWS_PER_TASK = 128  # rows per worker task: amortises the process round trip, smooth progress
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 grey
@@ -98,6 +108,39 @@ def peak_row(profile: np.ndarray) -> np.ndarray:
     return np.where(i == j, j + np.clip(offset, -0.5, 0.5), i).astype(np.float32)
 
 
+def edge_peak_rows(g: np.ndarray, edge: np.ndarray | None = None) -> np.ndarray:
+    """(n, frames) sub-pixel row of the strongest horizontal edge (row mean of |d/dy|)."""
+    if edge is None:
+        edge = np.abs(gradients(g)[1]).mean(axis=-1)
+    return peak_row(edge)
+
+
+def horizon_geometry(peak_rows: np.ndarray, table: pd.DataFrame, spec: DatasetSpec,
+                     physics: PhysicsConfig) -> dict[str, np.ndarray]:
+    """Camera pitch per frame from the horizon row, and the height change it implies ahead.
+
+    Parameters
+    ----------
+    peak_rows : (n, frames) horizon rows (`edge_peak_rows`).
+    table : the split's telemetry (speed and acceleration columns of `physics`).
+    spec : dataset spec: camera K, target horizons.
+    physics : `features.physics` (column names).
+    """
+    if spec.camera is None:
+        warnings.warn("image_stats: no dataset.camera, so no horizon pitch features", stacklevel=2)
+        return {}
+    fy, cy = spec.camera.K[1][1], spec.camera.K[1][2]
+    pitch = np.arctan((peak_rows - cy) / fy)  # nose up (uphill) puts the horizon lower: positive
+    out = {f"horizon_pitch_f{f}": pitch[:, f] for f in range(pitch.shape[1])}
+    out["horizon_pitch_change"] = pitch[:, -1] - pitch[:, 0]
+    grade = np.tan(np.median(pitch, axis=1))  # median of the frames: one bad frame does not count
+    speed = telemetry_column(table, physics.speed_column, "speed_column", spec)
+    accel = telemetry_column(table, physics.accel_column, "accel_column", spec)
+    for k, t in enumerate(spec.horizons_s):
+        out[f"horizon_dz_{k}"] = grade * travelled_distance(speed, np.nan_to_num(accel), t)
+    return out
+
+
 def row_profile_stats(g: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     """Horizontal-edge and intensity profiles of the last frame, peak rows of every frame.
 
@@ -113,7 +156,7 @@ def row_profile_stats(g: np.ndarray, bins: int) -> dict[str, np.ndarray]:
         out[f"rowedge_{b:02d}"] = v
     for b, v in enumerate(bin_rows(intensity[:, -1], bins).T):
         out[f"rowmean_{b:02d}"] = v
-    edge_peak, step_peak = peak_row(edge), peak_row(step)
+    edge_peak, step_peak = edge_peak_rows(g, edge), peak_row(step)
     rows = np.arange(g.shape[-2], dtype=np.float32)
     centroid = (edge * rows).sum(-1) / np.maximum(edge.sum(-1), 1e-6)
     for f in range(g.shape[1]):
@@ -240,6 +283,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= row_profile_stats(g, profile_bins)
         elif group == "orientation":
             out |= orientation_stats(g, grid)
+        elif group == "horizon":  # the telemetry part is added by `split_statistics`
+            out |= {f"edge_peak_row_f{f}": r for f, r in enumerate(edge_peak_rows(g).T)}
         else:
             raise ValueError(f"unknown image_stats group {group!r}")
     return pd.DataFrame({f"img_{k}": v.astype(np.float32) for k, v in out.items()})
@@ -285,6 +330,11 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
     stats = pd.concat(parts, ignore_index=True) if parts else image_statistics(
         np.zeros((0, len(spec.frames), spec.image_height, spec.image_width, 3), np.uint8),
         options.groups, grid, bins)
+    if "horizon" in options.groups:
+        rows = stats[[f"img_edge_peak_row_f{f}" for f in range(len(spec.frames))]].to_numpy(float)
+        geometry = horizon_geometry(rows, table, spec, cfg.features.physics)
+        stats = pd.concat([stats, pd.DataFrame({f"img_{k}": v.astype(np.float32)
+                                                for k, v in geometry.items()})], axis=1)
     return pd.concat([id_frame(table, spec), stats], axis=1)
 
 
@@ -305,6 +355,9 @@ def _build(ctx: BuildContext) -> tuple[pd.DataFrame, pd.DataFrame]:
 register_builder(
     "image_stats",
     # progress does not change the output; everything else does
-    config_of=lambda cfg: cfg.features.image_stats.model_dump(mode="json", exclude={"progress"}),
+    config_of=lambda cfg: {
+        **cfg.features.image_stats.model_dump(mode="json", exclude={"progress"}),
+        # the horizon group reads the speed / acceleration columns named there
+        "physics": cfg.features.physics.model_dump(mode="json")},
     extra_inputs=image_inputs,
 )(_build)

@@ -8,11 +8,9 @@ from dataset_factory import make_tiny_dataset
 from PIL import Image
 
 from features.build import build_features
-from features.image_stats import image_statistics
+from features.image_stats import horizon_geometry, image_statistics
 from stage2_gbdt.train import main as stage2_main
 from trajstack.config import load_config
-
-ALL_GROUPS = ["flow", "similarity", "regions", "row_profile", "orientation"]
 
 
 def _rgb(grey_frames):
@@ -53,6 +51,20 @@ def test_a_horizontal_edge_at_row_r_is_the_edge_profile_peak():
             assert stats[f"img_step_peak_row_f{f}"] == pytest.approx(r - 0.5, abs=0.6)
         profile = stats[[f"img_rowedge_{b:02d}" for b in range(16)]].to_numpy()
         assert profile.argmax() == (r - 1) // 4 or profile.argmax() == r // 4  # 4 rows per bin
+
+
+def test_horizon_pitch_and_height_change_follow_the_horizon_row():
+    spec = load_config("demo").dataset
+    physics = load_config("demo").features.physics
+    fy, cy = spec.camera.K[1][1], spec.camera.K[1][2]
+    table = pd.DataFrame({physics.speed_column: [10.0, 10.0, 0.0], physics.accel_column: [0.0] * 3})
+    rows = np.array([[cy] * 3, [cy + 10] * 3, [cy + 10] * 3])  # level, nose up, nose up but parked
+    geometry = horizon_geometry(rows, table, spec, physics)
+    assert geometry["horizon_pitch_f2"][0] == pytest.approx(0)
+    assert geometry["horizon_pitch_f2"][1] == pytest.approx(np.arctan(10 / fy))
+    last = len(spec.horizons_s) - 1
+    assert geometry[f"horizon_dz_{last}"][1] == pytest.approx(10 / fy * 10 * spec.horizons_s[-1])
+    assert geometry[f"horizon_dz_{last}"][2] == 0 and geometry[f"horizon_dz_{last}"][0] == 0
 
 
 def test_similarity_and_orientation_respond():
