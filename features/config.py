@@ -56,7 +56,7 @@ ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizo
 
 
 class ImageStatsConfig(StrictModel):
-    # Statistic groups of features/image_stats.py, in column order.
+    # Statistic groups of features/image_stats.py, in column order (ablation in the README).
     groups: list[ImageStatGroup] = ["flow", "similarity", "regions", "row_profile", "horizon",
                                     "orientation"]
     # Coarse grid (rows x cols) for per-cell statistics; grid_rows is also the number of bands.
@@ -82,7 +82,8 @@ class Stage1FeatureConfig(StrictModel):
 
 
 class FeaturesConfig(StrictModel):
-    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights, stage1.
+    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights,
+    # image_stats (off here, on in configs/demo.yaml), stage1.
     builders: list[str] = ["telemetry", "scene_lags", "physics", "traffic_lights", "stage1"]
     # Cache each builder's output under outputs/<exp>/features/, keyed by its input hash.
     cache: bool = True

@@ -103,7 +103,7 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     assert table.train["ID"].tolist() == pd.read_csv(tiny.table_path("train"))["ID"].tolist()
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
-    assert values.shape[1] > 100 and np.isfinite(values).all()
+    assert values.shape[1] > 200 and np.isfinite(values).all()
     assert np.isfinite(table.test[table.feature_columns].to_numpy()).all()
     assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
     # Workers and chunking do not change a value.
