@@ -16,7 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 # Importing the builder modules registers them.
-from features import files, physics, scene_lags, stage1, telemetry, traffic_lights  # noqa: F401
+from features import (  # noqa: F401
+    files,
+    image_stats,
+    physics,
+    scene_lags,
+    stage1,
+    telemetry,
+    traffic_lights,
+)
 from features.base import BUILDERS, BuildContext
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds

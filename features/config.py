@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trajstack.spec import StrictModel
 
@@ -51,6 +51,22 @@ class PhysicsConfig(StrictModel):
 class TrafficLightConfig(StrictModel):
     # Also the class one-hot and box of the largest (so probably nearest) light.
     largest_light: bool = True
+
+
+ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation"]
+
+
+class ImageStatsConfig(StrictModel):
+    # Statistic groups of features/image_stats.py, in column order (ablation in the README).
+    groups: list[ImageStatGroup] = ["flow", "similarity", "regions", "row_profile", "horizon",
+                                    "orientation"]
+    # Coarse grid (rows x cols) for per-cell statistics; grid_rows is also the number of bands.
+    grid_rows: int = Field(4, ge=1)
+    grid_cols: int = Field(4, ge=1)
+    # Bins of the per-row edge / intensity profiles of the frame at t.
+    profile_bins: int = Field(16, ge=1)
+    # A progress bar while computing (on a terminal); does not change the output.
+    progress: bool = True
 
 
 class Stage1FeatureConfig(StrictModel):
@@ -101,14 +117,16 @@ class FeatureFileConfig(StrictModel):
 
 
 class FeaturesConfig(StrictModel):
-    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights, stage1
-    # (and files, which `files` below switches on).
+    # Registry names, in column order: telemetry, scene_lags, physics, traffic_lights,
+    # image_stats (off here, on in configs/demo.yaml), stage1 (and files, which `files` below
+    # switches on).
     builders: list[str] = ["telemetry", "scene_lags", "physics", "traffic_lights", "stage1"]
     # Cache each builder's output under outputs/<exp>/features/, keyed by its input hash.
     cache: bool = True
     scene_lags: SceneLagConfig = SceneLagConfig()
     physics: PhysicsConfig = PhysicsConfig()
     traffic_lights: TrafficLightConfig = TrafficLightConfig()
+    image_stats: ImageStatsConfig = ImageStatsConfig()
     stage1: Stage1FeatureConfig = Stage1FeatureConfig()
     # Per-ID columns from the user's files, e.g. [{train: a.parquet, test: b.parquet, prefix:
     # depth_}] or [{path: both.csv, prefix: cam_}]. Non-empty switches the `files` builder on

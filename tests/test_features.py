@@ -154,7 +154,7 @@ def test_unknown_and_duplicate_builders_are_refused(tiny, tmp_path):
     with pytest.raises(RegistryError, match="already registered"):
         registry.register("a")(2)
     assert set(BUILDERS.keys()) == {"telemetry", "scene_lags", "physics", "traffic_lights", "stage1",
-                                   "files"}
+                                   "files", "image_stats"}
 
 
 def test_features_are_cached_by_input_hash(tiny, tmp_path):

@@ -55,8 +55,10 @@ def test_stage2_blend_report_run_without_frames(frameless, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "features.stage1=false" in err
 
     assert cli_main(["stage2", *common, "--learner", "lightgbm"]) == 0
-    # No traffic-light folder: the builder adds no columns, and says so once.
-    assert "no traffic-light features" in capsys.readouterr().err
+    # No traffic-light folder, no frames: those builders (the demo turns image_stats on) add no
+    # columns, and say so.
+    err = capsys.readouterr().err
+    assert "no traffic-light features" in err and "no image statistics" in err
     oof = pd.read_parquet(tmp_path / "tele" / "stage2" / "lightgbm" / "oof.parquet")
     assert len(oof) == len(pd.read_csv(frameless / "train_features.csv"))
     assert cli_main(["blend", *common]) == 0

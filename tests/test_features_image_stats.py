@@ -1,0 +1,143 @@
+"""The image_stats builder: statistics respond to what they claim, one finite row per ID in table
+order, cache key follows config and frames, and `trajstack stage2` runs with it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from dataset_factory import make_tiny_dataset
+from PIL import Image
+
+from features.build import build_features
+from features.image_stats import horizon_geometry, image_statistics
+from stage2_gbdt.train import main as stage2_main
+from trajstack.config import load_config
+
+
+def _rgb(grey_frames):
+    """(frames, H, W) uint8 -> one row (1, frames, H, W, 3)."""
+    return np.repeat(np.asarray(grey_frames, np.uint8)[None, ..., None], 3, axis=-1)
+
+
+def _texture(seed=0, h=96, w=192):
+    """Smooth random texture (flow needs texture to lock on)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = (rng.random((h, w)) * 255).astype(np.uint8)
+    return cv2.GaussianBlur(noise, (5, 5), 1.5)
+
+
+@pytest.mark.parametrize(("dx", "dy"), [(3, 0), (-2, 0), (0, 2)])
+def test_flow_of_a_shifted_frame_is_the_shift(dx, dy):
+    tex = _texture()
+    # Content moves by (dx, dy) pixels from each frame to the next.
+    frames = [tex[16 - k * dy:80 - k * dy, 32 - k * dx:160 - k * dx] for k in range(3)]
+    stats = image_statistics(_rgb(frames), ["flow"], (4, 4), 16).iloc[0]
+    for pair in ("01", "12"):
+        assert stats[f"img_flow{pair}_u_shift"] == pytest.approx(dx, abs=0.3)
+        assert stats[f"img_flow{pair}_v_shift"] == pytest.approx(dy, abs=0.3)
+        assert stats[f"img_flow{pair}_divergence"] == pytest.approx(0, abs=0.02)
+    cells_dx = stats[[c for c in stats.index if c.startswith("img_flow12_cell") and c.endswith("_dx")]]
+    assert len(cells_dx) == 16 and np.median(cells_dx) == pytest.approx(dx, abs=0.3)
+
+
+def test_a_horizontal_edge_at_row_r_is_the_edge_profile_peak():
+    for r in (12, 30, 47):
+        frame = np.full((64, 128), 40, np.uint8)
+        frame[r:] = 200  # bright below row r: the step lies between rows r - 1 and r
+        stats = image_statistics(_rgb([frame] * 3), ["row_profile"], (4, 4), 16).iloc[0]
+        for f in range(3):
+            assert stats[f"img_edge_peak_row_f{f}"] == pytest.approx(r - 0.5, abs=0.6)
+            assert stats[f"img_step_peak_row_f{f}"] == pytest.approx(r - 0.5, abs=0.6)
+        profile = stats[[f"img_rowedge_{b:02d}" for b in range(16)]].to_numpy()
+        assert profile.argmax() == (r - 1) // 4 or profile.argmax() == r // 4  # 4 rows per bin
+
+
+def test_horizon_pitch_and_height_change_follow_the_horizon_row():
+    spec = load_config("demo").dataset
+    physics = load_config("demo").features.physics
+    fy, cy = spec.camera.K[1][1], spec.camera.K[1][2]
+    table = pd.DataFrame({physics.speed_column: [10.0, 10.0, 0.0], physics.accel_column: [0.0] * 3})
+    rows = np.array([[cy] * 3, [cy + 10] * 3, [cy + 10] * 3])  # level, nose up, nose up but parked
+    geometry = horizon_geometry(rows, table, spec, physics)
+    assert geometry["horizon_pitch_f2"][0] == pytest.approx(0)
+    assert geometry["horizon_pitch_f2"][1] == pytest.approx(np.arctan(10 / fy))
+    last = len(spec.horizons_s) - 1
+    assert geometry[f"horizon_dz_{last}"][1] == pytest.approx(10 / fy * 10 * spec.horizons_s[-1])
+    assert geometry[f"horizon_dz_{last}"][2] == 0 and geometry[f"horizon_dz_{last}"][0] == 0
+
+
+def test_similarity_and_orientation_respond():
+    tex = _texture(1)[:64, :128]
+    same = image_statistics(_rgb([tex] * 3), ["similarity"], (4, 4), 16).iloc[0]
+    other = image_statistics(_rgb([tex, _texture(2)[:64, :128], tex]), ["similarity"], (4, 4), 16).iloc[0]
+    assert same["img_ncc_01_all"] == pytest.approx(1.0) and same["img_mad_01_all"] == 0
+    assert other["img_ncc_01_all"] < 0.5 and other["img_mad_01_all"] > 0.05
+    # Edges leaning one way (a diagonal stripe pattern) vs its mirror image: jxy changes sign.
+    ys, xs = np.mgrid[0:64, 0:128]
+    stripes = (np.sin((xs + ys) / 3.0) * 100 + 128).astype(np.uint8)
+    lean = image_statistics(_rgb([stripes] * 3), ["orientation"], (4, 4), 16).iloc[0]
+    mirrored = image_statistics(_rgb([stripes[:, ::-1]] * 3), ["orientation"], (4, 4), 16).iloc[0]
+    assert lean["img_cell05_jxy"] > 0.3 and mirrored["img_cell05_jxy"] < -0.3
+    # Edge energy only in the right half: the band's centroid is right of centre.
+    right = np.zeros((64, 128), np.uint8)
+    right[:, 64:] = stripes[:, 64:]
+    assert image_statistics(_rgb([right] * 3), ["orientation"], (4, 4), 16).iloc[0][
+        "img_band2_edge_x_centroid"] > 0.3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), n_scenes=8, rows_per_scene=3,
+                             n_test_scenes=2, seed=3)
+
+
+def _cfg(tiny, out, *overrides):
+    return load_config("demo", [f"data_dir={tiny.root}", f"output_dir={out}", "folds.n_splits=2",
+                                "features.stage1=false", "features.builders=[image_stats]",
+                                "features.image_stats.progress=false", *overrides])
+
+
+def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
+    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2"))
+    assert table.train["ID"].tolist() == pd.read_csv(tiny.table_path("train"))["ID"].tolist()
+    assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
+    values = table.train[table.feature_columns].to_numpy()
+    assert values.shape[1] > 200 and np.isfinite(values).all()
+    assert np.isfinite(table.test[table.feature_columns].to_numpy()).all()
+    assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
+    # Workers and chunking do not change a value.
+    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1"))
+    pd.testing.assert_frame_equal(table.train, serial.train)
+
+
+def test_cache_key_follows_config_and_frames(tiny, tmp_path):
+    lines: list[str] = []
+    first = build_features(_cfg(tiny, tmp_path), log=lines.append)
+    build_features(_cfg(tiny, tmp_path, "features.image_stats.progress=true"), log=lines.append)
+    assert "built" in lines[0] and "cached" in lines[1]  # progress is not part of the key
+    fewer = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[row_profile]"),
+                           log=lines.append)
+    assert "built" in lines[2] and fewer.hash != first.hash
+    assert all(c.startswith("img_") and ("row" in c) for c in fewer.feature_columns)
+    # A frame redrawn: the builder recomputes (its key holds the image cache's fingerprint).
+    path = tiny.frame_path(tiny.test_ids[0], 2)
+    Image.fromarray(np.full((64, 128, 3), 90, np.uint8)).save(path)
+    again = build_features(_cfg(tiny, tmp_path), log=lines.append)
+    assert "built" in lines[3] and again.hash != first.hash
+    assert not again.test.iloc[0].equals(first.test.iloc[0])
+
+
+def test_stage2_runs_with_image_stats(tiny, tmp_path):
+    args = ["--config", "demo", "--data", str(tiny.root), f"output_dir={tmp_path}",
+            "--learner", "lightgbm", "folds.n_splits=2", "stage2.n_jobs=1",
+            "stage2.early_stopping_rounds=5", "features.stage1=false",
+            "features.builders=[telemetry, physics, image_stats]",
+            "features.image_stats.progress=false",
+            "stage2.params.lightgbm={n_estimators: 10, num_leaves: 4, min_child_samples: 3}"]
+    assert stage2_main(args) == 0
+    run = tmp_path / "demo" / "stage2" / "lightgbm"
+    test = pd.read_parquet(run / "test.parquet")
+    assert len(test) == len(tiny.test_ids) and np.isfinite(test.iloc[:, 1:].to_numpy()).all()
+    importance = pd.read_csv(run / "importance.csv", index_col=0)
+    assert any(str(name).startswith("img_") for name in importance.index)
