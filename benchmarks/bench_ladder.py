@@ -38,6 +38,7 @@ from benchmarks.bench_pipeline import machine_info, run_stages, stage_commands
 from benchmarks.readme_table import update_readme_table
 from ensembling.oracle import FLOOR_FILE, LABELS_FILE, ORACLE_DIR, test_score
 from ensembling.report import finished_blend
+from features.build import BUILDERS
 from trajstack.artifacts import ArtifactError, ArtifactStore, FoldMismatchError, RunResult
 from trajstack.config import Config, load_config
 from trajstack.folds import FOLDS_FILE, load_folds
@@ -71,9 +72,18 @@ def camera_state_path(data_dir: str | Path) -> Path:
     return path
 
 
-def reference_overrides(role: str, camera_state: Path | None) -> list[str]:
-    """Config overrides of a reference stage 2: telemetry alone, or telemetry + camera state."""
-    overrides = ["features.stage1=false"]
+def frame_free_builders(builders: list[str]) -> list[str]:
+    """`builders` less those whose columns come from the frames (stage 1, image statistics)."""
+    return [b for b in builders if not BUILDERS.get(b).reads_frames]
+
+
+def reference_overrides(role: str, camera_state: Path | None, builders: list[str]) -> list[str]:
+    """Config overrides of a reference stage 2: telemetry alone, or telemetry + camera state.
+
+    `builders` are the configured feature builders; the references keep only the frame-free ones.
+    """
+    overrides = ["features.stage1=false",
+                 "features.builders=" + json.dumps(frame_free_builders(builders))]
     if role == "perception":
         entry = {"path": str(camera_state), "prefix": CAMERA_PREFIX}
         overrides.append("features.files=" + json.dumps([entry]))  # JSON is valid YAML
@@ -81,15 +91,16 @@ def reference_overrides(role: str, camera_state: Path | None) -> list[str]:
 
 
 def ladder_commands(config: str, data: str, exp: str, learner: str, extra: list[str],
-                    camera_state: Path) -> dict[str, list[str]]:
-    """The commands behind the ladder, keyed by what they make (each resumes or skips)."""
+                    camera_state: Path, builders: list[str]) -> dict[str, list[str]]:
+    """The commands behind the ladder, keyed by what they make (each resumes or skips);
+    `builders` are the stack's feature builders."""
     names = experiment_names(exp)
     commands = {f"stack {stage}": command for stage, command in
                 stage_commands(config, data, exp, [learner], extra).items()}
     for role in ("telemetry", "perception"):
         commands[f"{role} stage2"] = stage_commands(
             config, data, names[role], [learner],
-            [*extra, *reference_overrides(role, camera_state)])["stage2"]
+            [*extra, *reference_overrides(role, camera_state, builders)])["stage2"]
     return commands
 
 
@@ -127,12 +138,14 @@ def _stage2_run(cfg: Config, learner: str, fold_hash: str, role: str) -> RunResu
                           "(python -m benchmarks.bench_ladder) first")
     run = ArtifactStore(cfg.experiment_dir).load(run_dir, expect_fold_hash=fold_hash)
     features = run.config.get("features", {})
-    stage1_on = (features.get("stage1") or {}).get("enabled", True) and \
-        "stage1" in features.get("builders", [])
+    stage1_on = (features.get("stage1") or {}).get("enabled", True)
+    from_frames = [b for b in features.get("builders", [])
+                   if b not in frame_free_builders([b]) and (b != "stage1" or stage1_on)]
     files = features.get("files") or []
-    if stage1_on or (role == "telemetry") != (not files):
-        raise LadderError(f"{run_dir} is not a {role} reference (features.stage1 on: {stage1_on}, "
-                          f"features.files: {files}); rerun it with the ladder's overrides")
+    if from_frames or (role == "telemetry") != (not files):
+        raise LadderError(f"{run_dir} is not a {role} reference (builders reading frames: "
+                          f"{from_frames or 'none'}, features.files: {files}); rerun it with the "
+                          "ladder's overrides")
     return run
 
 
@@ -245,7 +258,8 @@ def run(config: str, data: str, exp: str, learner: str = "lightgbm",
     names = experiment_names(exp)
     cfgs = {role: load_config(config, [*overrides, f"data_dir={data}", f"experiment={names[role]}"])
             for role in ROLES}
-    commands = ladder_commands(config, data, exp, learner, extra, camera_state)
+    commands = ladder_commands(config, data, exp, learner, extra, camera_state,
+                               cfgs["stack"].features.builders)
     times = run_stages(commands) if execute else {}
     result = collect_ladder(cfgs, learner)
     result |= {"data_dir": data, "camera_state": str(camera_state),

@@ -53,6 +53,9 @@ class FeatureBuilder:
     extra_inputs: Callable[[BuildContext], dict[str, str]] = lambda ctx: {}
     # Where the builder's clashing columns come from and what to change (for the error message).
     clash_hint: Callable[[BuildContext, list[str]], str] | None = None
+    # Whether its columns come from the frames (a network's or image statistics): left out of a
+    # telemetry-only reference, which measures what the frames add.
+    reads_frames: bool = False
 
 
 BUILDERS: Registry[FeatureBuilder] = Registry("feature builder")
@@ -63,12 +66,13 @@ def register_builder(
     config_of: Callable[[Config], Any] = lambda cfg: None,
     extra_inputs: Callable[[BuildContext], dict[str, str]] | None = None,
     clash_hint: Callable[[BuildContext, list[str]], str] | None = None,
+    reads_frames: bool = False,
 ) -> Callable[[Callable[[BuildContext], SplitFrames]], Callable[[BuildContext], SplitFrames]]:
     """Decorator registering `fn(ctx) -> (train, test)` as builder `name`."""
 
     def add(fn: Callable[[BuildContext], SplitFrames]) -> Callable[[BuildContext], SplitFrames]:
         BUILDERS.register(name)(FeatureBuilder(
-            name, fn, config_of, extra_inputs or (lambda ctx: {}), clash_hint))
+            name, fn, config_of, extra_inputs or (lambda ctx: {}), clash_hint, reads_frames))
         return fn
 
     return add

@@ -375,4 +375,5 @@ register_builder(
         # the horizon group reads the speed / acceleration columns named there
         "physics": cfg.features.physics.model_dump(mode="json")},
     extra_inputs=image_inputs,
+    reads_frames=True,
 )(_build)

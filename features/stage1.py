@@ -165,4 +165,5 @@ register_builder(
     "stage1",
     config_of=lambda cfg: cfg.features.stage1.model_dump(mode="json"),
     extra_inputs=stage1_inputs,
+    reads_frames=True,
 )(stage1_features)

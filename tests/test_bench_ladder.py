@@ -159,8 +159,10 @@ def test_missing_camera_state_says_to_regenerate(tmp_path):
 
 def test_reference_commands_share_the_config_and_differ_in_features(tmp_path):
     camera = tmp_path / "oracle dir" / "camera_state.csv"
+    builders = load_config("demo").features.builders
+    assert {"stage1", "image_stats"} <= set(builders)  # the stack reads the frames two ways
     commands = ladder_commands("configs/demo.yaml", "data/demo", "demo", "lightgbm",
-                               ["stage2.n_jobs=1"], camera)
+                               ["stage2.n_jobs=1"], camera, builders)
     assert list(commands) == ["stack stage1", "stack stage2", "stack blend",
                               "telemetry stage2", "perception stage2"]
     assert "features.stage1=false" not in commands["stack stage2"]
@@ -173,3 +175,20 @@ def test_reference_commands_share_the_config_and_differ_in_features(tmp_path):
     cfg = load_config("demo", files)  # the override parses, path with a space included
     assert cfg.features.files[0].path == str(camera) and cfg.features.files[0].prefix == "cam_"
     assert cfg.features.active_builders[-1] == "files"
+    # Neither reference reads the frames: no stage-1 features and no image statistics.
+    for role in ("telemetry", "perception"):
+        reference = load_config("demo", [a for a in commands[f"{role} stage2"] if "=" in a
+                                         and not a.startswith("-")])
+        assert not {"stage1", "image_stats"} & set(reference.features.active_builders)
+        assert "traffic_lights" in reference.features.active_builders
+
+
+def test_ladder_refuses_a_telemetry_reference_with_image_statistics(data, tmp_path):
+    ds, labels = data
+    cfgs = _cfgs(ds, tmp_path)
+    write_ladder(cfgs, labels)
+    with_images = {"stage1": {"enabled": False},
+                   "builders": ["telemetry", "physics", "image_stats", "stage1"], "files": []}
+    write_run(cfgs["telemetry"], "stage2", "lightgbm", "telemetry", labels, features=with_images)
+    with pytest.raises(LadderError, match=r"builders reading frames: \['image_stats'\]"):
+        collect_ladder(cfgs)
