@@ -117,7 +117,7 @@ def _step_lead(st, w, hb, u, n, dt):
         st["l_choice"], st["l_hold"], u[:, U_L_YELLOW], u[:, U_L_REACT], 0.8, dt)
     st["l_prev"] = ls
     v = st["l_v"]
-    vt = curve_speed(w["kappa"], sc, st["l_s"], hb["lead_v_des"] * (1.0 + st["l_vn"]),
+    vt = curve_speed(w["kappa_lead"], sc, st["l_s"], hb["lead_v_des"] * (1.0 + st["l_vn"]),
                      np.full(v.size, LEAD["a_lat"]), np.full(v.size, LEAD["b"]))
     a = free_accel(v, vt, LEAD["a_max"], LEAD["b"]) + idm_interaction(
         v, v, gap, LEAD["a_max"], LEAD["b"], LEAD["headway"], 1.0)
@@ -128,6 +128,7 @@ def _step_lead(st, w, hb, u, n, dt):
     st["l_s"] = st["l_s"] + 0.5 * (v + v_new) * dt
     st["l_v"] = v_new
     st["l_vn"] = _ou(st["l_vn"], TAU_LEAD, LEAD["v_noise"], n[:, 2], dt)
+    st["l_present"] = st["l_present"] & (st["l_s"] < hb["lead_exit_s"])  # turned off its own way
 
 
 def _step_lane_change(st, w, hb, u, near_int, dt):

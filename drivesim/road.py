@@ -11,7 +11,7 @@ lane i centred at d = (i + 0.5) * LANE_W; oncoming lanes lie at d < 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ ROUTE_LEN = 1900  # samples: 27.5 m/s x 58 s plus the rendering look-ahead, with
 LANE_W = 3.5
 MAX_INTERSECTIONS = 24
 EGO_START_S = 15.0
+TURN_REVEAL_M = 10.0  # a turn shows in the frames once the car is this close to the crossing's near side
 KINDS = ("urban", "suburban", "highway", "parked")
 KIND_P = (0.62, 0.27, 0.09, 0.02)
 
@@ -95,6 +96,8 @@ class World:
     lead_present: bool
     lead_gap: float
     lead_v_des: float
+    kappa_lead: np.ndarray  # the lead's own path curvature: the road plus its own turns
+    lead_exit_s: float  # where the lead turns off (its own choice, independent of the route)
     lead_color: np.ndarray
     oncoming: np.ndarray  # (n, 3): s at t=0, speed, colour index
     car_colors: np.ndarray
@@ -258,18 +261,23 @@ def make_world(rng: np.random.Generator) -> World:
     s_int, s_stop, s_arc0, s_arc1 = pad(1e9), pad(1e9), pad(1e9), pad(1e9)
     turn_geom, radius, half_w = np.zeros(nI, int), pad(8.0), pad(3.5)
     has_light = np.zeros(nI, bool)
-    centre, approach = np.zeros((nI, 3)), np.zeros(nI)
     for j, it in enumerate(ints):
         s_int[j], s_stop[j], s_arc0[j], s_arc1[j] = it["s_int"], it["s_stop"], it["s_arc0"], it["s_arc1"]
         turn_geom[j], radius[j], half_w[j], has_light[j] = it["geom"], it["radius"], it["half_w"], it["has_light"]
-        k0 = min(int(it["s_arc0"] / DS), ROUTE_LEN - 1)
-        approach[j] = theta[k0]
-        along = it["s_int"] - k0 * DS
-        centre[j] = [X[k0] + along * np.cos(theta[k0]), Y[k0] + along * np.sin(theta[k0]), Z[k0]]
+    centre, approach = _intersection_frames(X, Y, Z, theta, s_int, s_arc0, len(ints))
     u = rng.random(nI)
     light0 = np.where(u < 0.55, 0, np.where(u < 0.6, 1, 2))
     light_t0 = rng.uniform(0, 3.0, nI)
 
+    # the lead turns at intersections by its own choice (never by the ego's route), and leaves
+    kappa_lead = kappa_road.copy()
+    lead_exit_s = 1e9
+    for j, it in enumerate(ints):
+        if rng.random() < 0.25:
+            a0 = int(round((it["s_int"] - radius[j]) / DS))
+            kappa_lead[a0 : a0 + int(round(np.pi / 2 * radius[j] / DS))] += (1 if rng.random() < 0.5 else -1) / radius[j]
+            lead_exit_s = it["s_int"] + it["half_w"]
+            break
     v0 = 0.0 if kind == "parked" or rng.random() < 0.12 else habits.v_des * rng.uniform(0.6, 1.0)
     car_colors = np.array([[200, 200, 205], [30, 30, 35], [160, 20, 25], [40, 60, 140], [210, 210, 200], [120, 120, 125], [60, 90, 60]], float)
     lead_present = kind == "parked" or rng.random() < {"urban": 0.6, "suburban": 0.45, "highway": 0.55}[kind]
@@ -285,6 +293,7 @@ def make_world(rng: np.random.Generator) -> World:
         light0=light0, light_t0=light_t0, centre=centre, approach=approach,
         lead_present=bool(lead_present), lead_gap=float(lead_gap),
         lead_v_des=float(np.clip(habits.v_des * rng.uniform(0.8, 1.15), 5, 27.5)),
+        kappa_lead=kappa_lead, lead_exit_s=float(lead_exit_s),
         lead_color=car_colors[int(rng.integers(0, len(car_colors)))],
         oncoming=oncoming, car_colors=car_colors, v0=float(v0), habits=habits,
         look=_look(rng, kind), n_intersections=len(ints),
@@ -294,3 +303,56 @@ def make_world(rng: np.random.Generator) -> World:
 def lane_offset(lane: np.ndarray | int) -> np.ndarray:
     """Lateral offset (m, left positive) of the centre of the ego-direction lane `lane`."""
     return (np.asarray(lane) + 0.5) * LANE_W
+
+
+def reroute(world: World, j: int, geom: int) -> World:
+    """The same world with another route choice at intersection j (+1 left, -1 right, 0 straight).
+
+    The road before the turn arc, the grade profile and every other intersection's position in
+    arc length stay; the route's plan view beyond intersection j follows the new choice.
+    """
+    old = int(world.turn_geom[j])
+    kappa = world.kappa.copy()
+    marking_ok = world.marking_ok.copy()
+    s_int, R = float(world.s_int[j]), float(world.radius[j])
+    if old != 0:
+        kappa[int(round(world.s_arc0[j] / DS)) : int(round(world.s_arc1[j] / DS))] -= old / R
+    if geom != 0:
+        a0 = int(round((s_int - R) / DS))
+        a1 = a0 + int(round(np.pi / 2 * R / DS))
+        kappa[a0:a1] += geom / R
+        s_arc0, s_arc1 = a0 * DS, a1 * DS
+    else:
+        s_arc0 = s_arc1 = s_int
+    marking_ok[int(world.s_stop[j] / DS) : int(max(s_arc1, s_int + world.half_w[j]) / DS) + 1] = False
+    X, Y, Z, theta = _integrate(kappa, world.grade)
+    turn_geom, arc0, arc1 = world.turn_geom.copy(), world.s_arc0.copy(), world.s_arc1.copy()
+    turn_geom[j], arc0[j], arc1[j] = geom, s_arc0, s_arc1
+    centre, approach = _intersection_frames(X, Y, Z, theta, world.s_int, arc0, world.n_intersections)
+    return replace(world, X=X, Y=Y, Z=Z, theta=theta, kappa=kappa, marking_ok=marking_ok,
+                   turn_geom=turn_geom, s_arc0=arc0, s_arc1=arc1, centre=centre, approach=approach)
+
+
+def _intersection_frames(X, Y, Z, theta, s_int, s_arc0, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crossing centre (world point, height of the road at the crossing) and approach heading."""
+    centre, approach = np.zeros((MAX_INTERSECTIONS, 3)), np.zeros(MAX_INTERSECTIONS)
+    for j in range(n):
+        k0 = min(int(s_arc0[j] / DS), ROUTE_LEN - 1)
+        approach[j] = theta[k0]
+        along = s_int[j] - k0 * DS
+        ki = min(int(round(s_int[j] / DS)), ROUTE_LEN - 1)
+        centre[j] = [X[k0] + along * np.cos(theta[k0]), Y[k0] + along * np.sin(theta[k0]), Z[ki]]
+    return centre, approach
+
+
+def route_cut(world: World, s_ego: float) -> float:
+    """Arc length beyond which a camera at s_ego cannot yet tell the route from the road ahead.
+
+    Until the car is within TURN_REVEAL_M of the next crossing, the frames show the road going
+    straight through it (`render.route_view`) whichever way the route goes; np.inf when no
+    crossing lies ahead.
+    """
+    n = world.n_intersections
+    near_side = world.s_int[:n] - world.half_w[:n]
+    jj = int(np.searchsorted(near_side - TURN_REVEAL_M, s_ego, side="right"))
+    return float(near_side[jj] - 5.0) if jj < n else float("inf")
