@@ -16,13 +16,24 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 DS = 1.0  # route sampling step (m)
-ROUTE_LEN = 1900  # samples: 27.5 m/s x 58 s plus the rendering look-ahead, with margin
+ROUTE_LEN = 2300  # samples: 27.5 m/s x 73 s (warm-up included) plus the rendering look-ahead
 LANE_W = 3.5
 MAX_INTERSECTIONS = 24
 EGO_START_S = 15.0
 TURN_REVEAL_M = 10.0  # a turn shows in the frames once the car is this close to the crossing's near side
 KINDS = ("urban", "suburban", "highway", "parked")
-KIND_P = (0.62, 0.27, 0.09, 0.02)
+KIND_P = (0.63, 0.277, 0.09, 0.003)  # parked: gear "park" in 0.3% of rows, as in the real data
+# joint draw of the habits (standard-normal scores): faster drivers keep shorter headways,
+# brake and corner harder, accelerate harder; correlated, not one knob
+HABIT_CORR = np.array([
+    # v_des headway b_comf a_lat a_max
+    [1.0, -0.4, 0.3, 0.4, 0.3],
+    [-0.4, 1.0, -0.3, -0.3, -0.3],
+    [0.3, -0.3, 1.0, 0.4, 0.4],
+    [0.4, -0.3, 0.4, 1.0, 0.4],
+    [0.3, -0.3, 0.4, 0.4, 1.0],
+])
+T_YELLOW = 3.0  # s; green and red phases are drawn per light (a fixed cycle, not memoryless)
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Habits:
     reaction: float  # mean extra reaction time at a green light (s)
     p_turn: float  # chance of turning at an intersection
     torque_gain: float  # steeringTorque per m/s2 of lateral acceleration
+    grade_comp: float  # share of the slope's pull the driver's pedal compensates at once
 
 
 @dataclass
@@ -89,7 +101,9 @@ class World:
     half_w: np.ndarray  # half width of the crossing road
     has_light: np.ndarray
     light0: np.ndarray  # initial light state 0 green 1 yellow 2 red
-    light_t0: np.ndarray  # initial time in yellow
+    light_t0: np.ndarray  # initial time spent in that state
+    green_s: np.ndarray  # each light's green phase (s)
+    red_s: np.ndarray  # each light's red phase (s)
     centre: np.ndarray  # (MAX_INTERSECTIONS, 3) world point of the crossing centre
     approach: np.ndarray  # (MAX_INTERSECTIONS,) approach heading
     # other cars
@@ -103,6 +117,8 @@ class World:
     car_colors: np.ndarray
     v0: float
     habits: Habits
+    wheelbase: float  # this car's (m)
+    steer_ratio: float  # steering-wheel angle per road-wheel angle
     look: Look
     n_intersections: int = field(default=0)
 
@@ -137,17 +153,16 @@ def _grade_profile(rng: np.random.Generator, kind: str) -> np.ndarray:
 
 
 def _habits(rng: np.random.Generator, kind: str) -> Habits:
-    a = float(rng.beta(2.0, 2.0))
-    base = {"urban": 8.0, "suburban": 12.0, "highway": 20.0, "parked": 9.0}[kind]
-    v_des = float(np.clip(base + 5.0 * a + rng.normal(0, 1.2), 6.0, 27.5))
+    z = np.linalg.cholesky(HABIT_CORR) @ rng.standard_normal(5)
+    base = {"urban": 10.5, "suburban": 14.5, "highway": 22.5, "parked": 11.5}[kind]
     return Habits(
-        aggressiveness=a,
-        v_des=v_des,
-        a_max=0.9 + 1.5 * a,
-        b_comf=1.4 + 1.4 * a,
-        headway=1.9 - 0.8 * a,
-        s0=2.8 - 1.0 * a,
-        a_lat=1.5 + 1.5 * a,
+        aggressiveness=float(np.mean(z * np.array([1, -1, 1, 1, 1]))),
+        v_des=float(np.clip(base + 2.2 * z[0], 6.0, 27.5)),
+        headway=float(np.clip(1.45 * np.exp(0.22 * z[1]), 0.8, 2.6)),
+        b_comf=float(np.clip(2.1 * np.exp(0.22 * z[2]), 1.2, 3.5)),
+        a_lat=float(np.clip(2.2 * np.exp(0.22 * z[3]), 1.2, 3.6)),
+        a_max=float(np.clip(1.6 * np.exp(0.25 * z[4]), 0.8, 2.8)),
+        s0=float(rng.uniform(1.8, 2.8)),
         v_noise=float(rng.uniform(0.05, 0.10)),
         d_noise=float(rng.uniform(0.08, 0.22)),
         a_noise=float(rng.uniform(0.1, 0.3)),
@@ -155,6 +170,7 @@ def _habits(rng: np.random.Generator, kind: str) -> Habits:
         reaction=float(rng.uniform(0.4, 1.4)),
         p_turn={"urban": 0.25, "suburban": 0.2, "highway": 0.0, "parked": 0.0}[kind],
         torque_gain=float(rng.uniform(35, 60)),
+        grade_comp=float(rng.uniform(0.5, 0.9)),
     )
 
 
@@ -207,7 +223,7 @@ def make_world(rng: np.random.Generator) -> World:
     ints: list[dict] = []
     p_int = {"urban": 0.55, "suburban": 0.3, "highway": 0.0, "parked": 0.3}[kind]
     r_range = {"urban": (50, 1000), "suburban": (60, 1000), "highway": (400, 2000), "parked": (60, 1000)}[kind]
-    i = int((EGO_START_S + rng.uniform(50, 140)) / DS)  # a straight lead-in
+    i = int(rng.uniform(0, 60) / DS)  # no special lead-in: the first row is like any other
     while i < ROUTE_LEN:
         r = rng.random()
         if r < p_int and len(ints) < MAX_INTERSECTIONS:
@@ -265,9 +281,10 @@ def make_world(rng: np.random.Generator) -> World:
         s_int[j], s_stop[j], s_arc0[j], s_arc1[j] = it["s_int"], it["s_stop"], it["s_arc0"], it["s_arc1"]
         turn_geom[j], radius[j], half_w[j], has_light[j] = it["geom"], it["radius"], it["half_w"], it["has_light"]
     centre, approach = _intersection_frames(X, Y, Z, theta, s_int, s_arc0, len(ints))
-    u = rng.random(nI)
-    light0 = np.where(u < 0.55, 0, np.where(u < 0.6, 1, 2))
-    light_t0 = rng.uniform(0, 3.0, nI)
+    green_s, red_s = rng.uniform(18, 40, nI), rng.uniform(15, 35, nI)
+    phase = rng.random(nI) * (green_s + T_YELLOW + red_s)  # where in its cycle each light starts
+    light0 = np.where(phase < green_s, 0, np.where(phase < green_s + T_YELLOW, 1, 2))
+    light_t0 = np.where(light0 == 0, phase, np.where(light0 == 1, phase - green_s, phase - green_s - T_YELLOW))
 
     # the lead turns at intersections by its own choice (never by the ego's route), and leaves
     kappa_lead = kappa_road.copy()
@@ -278,7 +295,7 @@ def make_world(rng: np.random.Generator) -> World:
             kappa_lead[a0 : a0 + int(round(np.pi / 2 * radius[j] / DS))] += (1 if rng.random() < 0.5 else -1) / radius[j]
             lead_exit_s = it["s_int"] + it["half_w"]
             break
-    v0 = 0.0 if kind == "parked" or rng.random() < 0.12 else habits.v_des * rng.uniform(0.6, 1.0)
+    v0 = 0.0 if kind == "parked" else habits.v_des * rng.uniform(0.8, 1.05)
     car_colors = np.array([[200, 200, 205], [30, 30, 35], [160, 20, 25], [40, 60, 140], [210, 210, 200], [120, 120, 125], [60, 90, 60]], float)
     lead_present = kind == "parked" or rng.random() < {"urban": 0.6, "suburban": 0.45, "highway": 0.55}[kind]
     lead_gap = rng.uniform(6, 12) if kind == "parked" else (rng.uniform(6, 50) if v0 < 1 else rng.uniform(8, 18) + v0 * rng.uniform(0.8, 2.5))
@@ -296,6 +313,8 @@ def make_world(rng: np.random.Generator) -> World:
         kappa_lead=kappa_lead, lead_exit_s=float(lead_exit_s),
         lead_color=car_colors[int(rng.integers(0, len(car_colors)))],
         oncoming=oncoming, car_colors=car_colors, v0=float(v0), habits=habits,
+        wheelbase=float(rng.uniform(2.5, 3.1)), steer_ratio=float(rng.uniform(12.0, 18.0)),
+        green_s=green_s, red_s=red_s,
         look=_look(rng, kind), n_intersections=len(ints),
     )
 

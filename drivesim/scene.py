@@ -16,10 +16,10 @@ import numpy as np
 
 from drivesim import driver
 from drivesim.road import LANE_W, MAX_INTERSECTIONS, TURN_REVEAL_M, World, lane_offset, make_world
-from drivesim.vehicle import CAR_LENGTH, STEER_RATIO, route_at, route_point
+from drivesim.vehicle import CAR_LENGTH, GRAVITY, route_at, route_point
 
 DT = 0.1
-T_WARM = 3.0  # simulated before the first frame so the controllers settle
+T_WARM = 12.0  # simulated before the first frame: the first row must look like any other
 ROW_TIMES_DS = tuple(range(20, 521, 100))  # deciseconds of the rows in a scene (the real IDs)
 N_ROWS_P = (0.07, 0.07, 0.08, 0.08, 0.08, 0.62)  # 1..6 rows per scene (mean about 4.8)
 SPLIT_CODE = {"train": 0, "test": 1}
@@ -92,8 +92,12 @@ def stack_worlds(worlds: list[World]) -> dict[str, np.ndarray]:
     w["park"] = np.array([wd.kind == "parked" for wd in worlds])
     w["lead_v_des"] = np.array([0.0 if wd.kind == "parked" else wd.lead_v_des for wd in worlds])
     w["lead_exit_s"] = np.array([wd.lead_exit_s for wd in worlds])
+    w["green_s"] = np.stack([wd.green_s for wd in worlds])
+    w["red_s"] = np.stack([wd.red_s for wd in worlds])
+    w["wheelbase"] = np.array([wd.wheelbase for wd in worlds])
+    w["steer_ratio"] = np.array([wd.steer_ratio for wd in worlds])
     for k in ("v_des", "a_max", "b_comf", "headway", "s0", "a_lat", "v_noise", "d_noise", "a_noise",
-              "lc_rate", "reaction", "p_turn", "torque_gain", "aggressiveness"):
+              "lc_rate", "reaction", "p_turn", "torque_gain", "grade_comp", "aggressiveness"):
         w[k] = np.array([getattr(wd.habits, k) for wd in worlds], float)
     return w
 
@@ -101,7 +105,8 @@ def stack_worlds(worlds: list[World]) -> dict[str, np.ndarray]:
 def gather_habits(w: dict, sc: np.ndarray) -> dict[str, np.ndarray]:
     """Per-member copies of the per-scene scalars the step needs."""
     keys = ("n_lanes", "park", "lead_v_des", "lead_exit_s", "v_des", "a_max", "b_comf", "headway", "s0",
-            "a_lat", "v_noise", "d_noise", "a_noise", "lc_rate", "reaction", "p_turn", "torque_gain")
+            "a_lat", "v_noise", "d_noise", "a_noise", "lc_rate", "reaction", "p_turn", "torque_gain",
+            "grade_comp", "wheelbase", "steer_ratio")
     return {k: w[k][sc] for k in keys}
 
 
@@ -118,7 +123,8 @@ def init_state(w: dict, worlds: list[World]) -> dict[str, np.ndarray]:
     zi = np.zeros(B, int)
     st = dict(
         sc=sc, X=X, Y=Y, psi=th, v=np.array([wd.v0 for wd in worlds]), a=z.copy(),
-        delta=np.arctan(2.7 * route_at(w["kappa"], sc, s)), s=s, d_act=d, lane=lane, d_cmd=d,
+        delta=np.arctan(w["wheelbase"] * route_at(w["kappa"], sc, s)), s=s, d_act=d, lane=lane, d_cmd=d,
+        a_drv=GRAVITY * route_at(w["grade"], sc, s), lc_blink=np.zeros(B, bool), turn_blink=np.zeros(B, bool),
         lc_phase=zi.copy(), lc_t=z.copy(), lc_d1=np.ones(B), lc_d2=np.full(B, 4.0),
         lc_from=lane.copy(), lc_to=lane.copy(), vn=z.copy(), dn=z.copy(), an=z.copy(), j=zi.copy(),
         decided=zi.copy(), intent=zi.copy(), choice=-np.ones(B, int), hold=z.copy(),
@@ -135,7 +141,7 @@ def init_state(w: dict, worlds: list[World]) -> dict[str, np.ndarray]:
 
 
 REC_BEFORE = ("X", "Y", "psi", "v", "s", "d_act", "lane", "l_s", "l_v", "l_a", "l_lane", "l_present", "light")
-REC_AFTER = ("a", "delta", "torque", "brake_p", "gas", "blink_l", "blink_r")
+REC_AFTER = ("a", "a_drv", "delta", "torque", "blink_l", "blink_r")
 
 
 def simulate_chunk(jobs: list[SceneJob], horizons_s: list[float], world_edit=None,
@@ -224,21 +230,37 @@ def targets(run: SceneRun, horizons_s: list[float]) -> np.ndarray:
     return out
 
 
+CAN_LAG_STEPS = 1  # the continuous CAN signals arrive 0.1 s late
+
+
 def telemetry(run: SceneRun) -> dict[str, np.ndarray]:
-    """Signals at each kept row, with sensor noise, keyed by their atmaCup names."""
+    """Signals at each kept row as a CAN bus reports them, keyed by their atmaCup names.
+
+    Continuous signals lag by CAN_LAG_STEPS and carry noise and per-car calibration errors;
+    the pedals follow the engine/brake share of the acceleration (not the slope's) through a
+    per-car pedal map with noise; blinkers are whatever the driver chose to signal.
+    """
     r, k, rng = run.rec, run.row_steps, run.rngs["sensor"]
     n = k.size
     park = run.world.kind == "parked"
-    bias = rng.normal(0, 0.8)  # steering-angle sensor offset of this car (deg)
-    steer = r["delta"][k] * STEER_RATIO * 180.0 / np.pi + bias + rng.normal(0, 0.3, n)
-    gas = r["gas"][k]
+    kl = np.maximum(k - CAN_LAG_STEPS, 0)
+    steer_bias = rng.normal(0, 0.8)  # steering-angle sensor offset of this car (deg)
+    speed_scale = 1.0 + rng.normal(0, 0.01)  # wheel-speed calibration
+    accel_bias = rng.normal(0, 0.05)
+    gas_gain, gas_idle = rng.uniform(0.3, 0.5), rng.uniform(0.04, 0.12)
+    brake_thr = rng.uniform(-0.6, -0.2)  # pedal acceleration below which the brake is pressed
+    v, a_drv = r["v"][kl], r["a_drv"][kl] + rng.normal(0, 0.08, n)
+    steer = r["delta"][kl] * run.world.steer_ratio * 180.0 / np.pi + steer_bias + rng.normal(0, 0.3, n)
+    brake_p = ((a_drv < brake_thr) | (v < 0.05)) & (not park)
+    pedal = gas_idle + gas_gain * a_drv + v / 60.0 + rng.normal(0, 0.03, n)
+    gas = np.where((a_drv > 0.0) & ~brake_p & (not park), np.clip(pedal, 0.0, 1.0), 0.0)
     return {
-        "vEgo": r["v"][k] + rng.normal(0, 0.03, n),
-        "aEgo": r["a"][k] + rng.normal(0, 0.06, n),
+        "vEgo": v * speed_scale + rng.normal(0, 0.04, n),
+        "aEgo": r["a"][kl] + accel_bias + rng.normal(0, 0.08, n),
         "steeringAngleDeg": steer,
-        "steeringTorque": np.clip(r["torque"][k] + rng.normal(0, 12.0, n), -700, 700),
+        "steeringTorque": np.clip(r["torque"][kl] + rng.normal(0, 12.0, n), -700, 700),
         "brake": np.zeros(n),
-        "brakePressed": r["brake_p"][k].astype(bool),
+        "brakePressed": brake_p,
         "gas": gas,
         "gasPressed": gas > 0,
         "gearShifter": np.array(["park" if park else "drive"] * n, dtype=object),
