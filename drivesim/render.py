@@ -222,11 +222,22 @@ def frame_camera(world: World, wa: dict, pose: dict, spec_camera, width: int, he
                      np.arctan(grade) + world.look.pitch_offset, spec_camera.height_m)
 
 
-def light_centre(world: World, j: int) -> np.ndarray:
-    """World point at the foot of intersection j's light head (over the ego lanes, past the crossing)."""
-    th = world.approach[j]
+def crossing_frame(world: World, wa: dict, j: int, cut: float) -> tuple[np.ndarray, float]:
+    """Centre (world point) and approach heading of crossing j as the frames show it: a crossing
+    beyond the next one sits on the road straight through (`route_view`), not on the route."""
+    if world.s_int[j] <= cut:
+        return world.centre[j], float(world.approach[j])
+    X, Y, Z, th = route_view(wa, np.array([world.s_int[j]]), cut)
+    return np.array([X[0], Y[0], Z[0]]), float(th[0])
+
+
+def light_centre(world: World, j: int, c: np.ndarray | None = None, th: float | None = None) -> np.ndarray:
+    """World point at the foot of crossing j's light head (over the ego lanes, past the crossing),
+    for the crossing's centre c and approach heading th (default: the world's)."""
+    c = world.centre[j] if c is None else c
+    th = world.approach[j] if th is None else th
     t_a, n_a = np.array([np.cos(th), np.sin(th), 0.0]), np.array([-np.sin(th), np.cos(th), 0.0])
-    return world.centre[j] + t_a * (world.half_w[j] + 3.0) + n_a * (world.n_lanes * LANE_W / 2)
+    return c + t_a * (world.half_w[j] + 3.0) + n_a * (world.n_lanes * LANE_W / 2)
 
 
 def light_in_view(world: World, cam: Camera, j: int) -> bool:
@@ -302,7 +313,7 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
     for j in range(world.n_intersections):
         if not -15 < world.s_int[j] - s_ego < 170:
             continue
-        c, th = world.centre[j], world.approach[j]
+        c, th = crossing_frame(world, wa, j, cut)
         t_a, n_a = np.array([np.cos(th), np.sin(th), 0.0]), np.array([-np.sin(th), np.cos(th), 0.0])
         hwc = world.half_w[j] + 0.6
         seg = np.linspace(-70, 70, 15)
@@ -320,7 +331,7 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
         st = np.array([world.s_stop[j], world.s_stop[j] + 0.45])
         q.add(_Samples(wa, st, cut).ribbon(n_l * LANE_W, 0.0), look.marking, -0.3)
         if world.has_light[j]:
-            centre = light_centre(world, j)
+            centre = light_centre(world, j, c, th)
             housing = _traffic_light(q, centre, t_a, n_a, c[2] + 5.0, int(pose["lights"][j]))
             pole = c + t_a * (world.half_w[j] + 3.0) + n_a * (n_l * LANE_W + 1.2)
             q.add(_box(pole, t_a, n_a, 0, 0.12, 0.0, 5.45), (95, 95, 100), -0.2)
