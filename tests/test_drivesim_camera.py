@@ -93,9 +93,10 @@ def _row_before_choice(run) -> tuple[int, int] | None:
     best = None
     for i, snap in enumerate(run.snapshots):
         j, s = int(snap["j"][0]), float(snap["s"][0])
-        if j < wd.n_intersections and not snap["decided"][0] and s < wd.s_int[j] - wd.half_w[j] - TURN_REVEAL_M:
-            if wd.s_int[j] - s < 140.0 and (best is None or wd.s_int[j] - s < best[2]):
-                best = (i, j, wd.s_int[j] - s)
+        undecided = j < wd.n_intersections and not snap["decided"][0]
+        hidden = undecided and s < wd.s_int[j] - wd.half_w[j] - TURN_REVEAL_M
+        if hidden and wd.s_int[j] - s < 140.0 and (best is None or wd.s_int[j] - s < best[2]):
+            best = (i, j, wd.s_int[j] - s)
     return None if best is None else best[:2]
 
 
