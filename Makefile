@@ -26,7 +26,7 @@ DEMO_SEED  ?= 0
 
 COMMON = --config $(CONFIG) --data $(DATA) --exp $(EXP) $(ARGS)
 
-.PHONY: help setup demo-data validate cache vlm folds stage1 stage2 blend report all test bench lint clean
+.PHONY: help setup demo-data full-data validate cache vlm folds stage1 stage2 blend report all test bench lint clean
 
 help:
 	@echo "make stage1 stage2 blend   full pipeline on the demo data (DATA=... for your own)"
@@ -49,6 +49,21 @@ $(DEMO_DATA)/train_features.csv: | $(STAMP)
 	    --test-scenes $(DEMO_TEST_SCENES) --seed $(DEMO_SEED) --workers 2
 
 demo-data: $(DEMO_DATA)/train_features.csv
+
+# The real competition's scale (9,053 train + 468 test scenes, about 45,000 rows): 15-30 min on
+# two cores; `python -m benchmarks.bench_drivesim --full-scale data/full` reports its figures.
+FULL_DATA  := data/full
+FULL_TRAIN_SCENES ?= 9053
+FULL_TEST_SCENES  ?= 468
+
+# GNU time, where present, records wall time and peak memory beside the data ($(FULL_DATA).time).
+TIME_V     := $(if $(wildcard /usr/bin/time),/usr/bin/time -v -o $(FULL_DATA).time,)
+
+$(FULL_DATA)/train_features.csv: | $(STAMP)
+	$(TIME_V) $(PY) -m drivesim --out $(FULL_DATA) --train-scenes $(FULL_TRAIN_SCENES) \
+	    --test-scenes $(FULL_TEST_SCENES) --seed $(DEMO_SEED) --workers 2
+
+full-data: $(FULL_DATA)/train_features.csv
 
 # The demo data is generated on first use; user data (DATA=...) is only read.
 DATA_DEP := $(if $(filter $(DEMO_DATA),$(DATA)),$(DEMO_DATA)/train_features.csv,)

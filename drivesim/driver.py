@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivesim.road import LANE_W, MAX_INTERSECTIONS, lane_offset
+from drivesim.road import LANE_W, MAX_INTERSECTIONS, T_YELLOW, lane_offset
 from drivesim.vehicle import (
     CAR_LENGTH,
     FRONT_OVERHANG,
-    STEER_RATIO,
+    GRAVITY,
     STEER_TAU,
-    WHEELBASE,
     bicycle_step,
     project_to_route,
     pure_pursuit,
@@ -29,10 +28,11 @@ from drivesim.vehicle import (
 )
 
 NI = MAX_INTERSECTIONS
-T_GREEN, T_RED, T_YELLOW = 25.0, 18.0, 3.0  # mean green / red (memoryless), fixed yellow (s)
-# uniform noise columns after the NI light columns
-U_TURN, U_TURN_DIR, U_LC, U_LC_DIR, U_LC_D1, U_LC_D2, U_YELLOW, U_REACT, U_L_YELLOW, U_L_REACT = range(NI, NI + 10)
-N_UNIFORM = NI + 10
+# uniform noise columns (the first NI are spare: lights run on fixed cycles)
+(U_TURN, U_TURN_DIR, U_LC, U_LC_DIR, U_LC_D1, U_LC_D2, U_YELLOW, U_REACT, U_L_YELLOW, U_L_REACT,
+ U_LC_BLINK, U_TURN_BLINK) = range(NI, NI + 12)
+N_UNIFORM = NI + 12
+P_BLINK_LC, P_BLINK_TURN = 0.85, 0.92  # drivers signal most, not all, lane changes and turns
 N_NORMAL = 4  # ego speed wander, ego lane wander, lead speed wander, ego pedal jitter
 TAU_V, TAU_D, TAU_LEAD, TAU_A = 8.0, 2.5, 5.0, 1.5
 LOOKAHEAD_D = np.arange(0.0, 64.0, 4.0)
@@ -86,15 +86,15 @@ def _ou(x, tau, sigma, n, dt):
     return x - x * dt / tau + sigma * np.sqrt(2.0 * dt / tau) * n
 
 
-def _step_lights(st, u, dt):
-    L, Lt = st["light"], st["light_t"]
-    ul = u[:, :NI]
-    g2y = (L == 0) & (ul < dt / T_GREEN)
-    y2r = (L == 1) & (Lt >= T_YELLOW)
-    r2g = (L == 2) & (ul < dt / T_RED)
-    L = np.where(g2y, 1, np.where(y2r, 2, np.where(r2g, 0, L)))
-    st["light"] = L
-    st["light_t"] = np.where(L == 1, np.where(g2y, 0.0, Lt + dt), 0.0)
+def _step_lights(st, w, dt):
+    """Each light runs its own fixed cycle green -> yellow -> red (so a light's history tells
+    how long it has left)."""
+    L, Lt = st["light"], st["light_t"] + dt
+    sc = st["sc"]
+    dur = np.where(L == 0, w["green_s"][sc], np.where(L == 1, T_YELLOW, w["red_s"][sc]))
+    change = Lt >= dur
+    st["light"] = np.where(change, (L + 1) % 3, L)
+    st["light_t"] = np.where(change, Lt - dur, Lt)
 
 
 def _advance_intersection(w, sc, s, j):
@@ -117,7 +117,7 @@ def _step_lead(st, w, hb, u, n, dt):
         st["l_choice"], st["l_hold"], u[:, U_L_YELLOW], u[:, U_L_REACT], 0.8, dt)
     st["l_prev"] = ls
     v = st["l_v"]
-    vt = curve_speed(w["kappa"], sc, st["l_s"], hb["lead_v_des"] * (1.0 + st["l_vn"]),
+    vt = curve_speed(w["kappa_lead"], sc, st["l_s"], hb["lead_v_des"] * (1.0 + st["l_vn"]),
                      np.full(v.size, LEAD["a_lat"]), np.full(v.size, LEAD["b"]))
     a = free_accel(v, vt, LEAD["a_max"], LEAD["b"]) + idm_interaction(
         v, v, gap, LEAD["a_max"], LEAD["b"], LEAD["headway"], 1.0)
@@ -128,6 +128,7 @@ def _step_lead(st, w, hb, u, n, dt):
     st["l_s"] = st["l_s"] + 0.5 * (v + v_new) * dt
     st["l_v"] = v_new
     st["l_vn"] = _ou(st["l_vn"], TAU_LEAD, LEAD["v_noise"], n[:, 2], dt)
+    st["l_present"] = st["l_present"] & (st["l_s"] < hb["lead_exit_s"])  # turned off its own way
 
 
 def _step_lane_change(st, w, hb, u, near_int, dt):
@@ -139,6 +140,7 @@ def _step_lane_change(st, w, hb, u, near_int, dt):
     st["lc_to"] = np.where(trig, lane + dirn, st["lc_to"])
     st["lc_d1"] = np.where(trig, 1.0 + 2.0 * u[:, U_LC_D1], st["lc_d1"])
     st["lc_d2"] = np.where(trig, 3.0 + 2.0 * u[:, U_LC_D2], st["lc_d2"])
+    st["lc_blink"] = np.where(trig, u[:, U_LC_BLINK] < P_BLINK_LC, st["lc_blink"])
     ph = np.where(trig, 1, ph)
     t = np.where(trig, 0.0, st["lc_t"] + dt)
     to_move = (ph == 1) & (t >= st["lc_d1"])
@@ -161,8 +163,8 @@ def step(st: dict, w: dict, hb: dict, u: np.ndarray, n: np.ndarray, dt: float, r
     Parameters
     ----------
     st : state arrays (B,) (lights (B, NI)); updated in place. After the call it also holds the
-        step's controls: ``a`` (applied acceleration), ``a_cmd``, ``delta``, ``torque``,
-        ``brake_p``, ``gas``, ``blink_l``, ``blink_r``; the pose is the one *before* the step in
+        step's controls: ``a`` (applied acceleration, slope included), ``a_drv`` (the pedals'
+        share), ``a_cmd``, ``delta``, ``torque``, ``blink_l``, ``blink_r``; the pose is the one *before* the step in
         ``X0, Y0, psi0, v0`` (what telemetry at this step reports).
     w : world arrays of the chunk (see `scene.stack_worlds`).
     hb : per-member habit arrays (gathered once with `scene.gather_habits`).
@@ -172,7 +174,7 @@ def step(st: dict, w: dict, hb: dict, u: np.ndarray, n: np.ndarray, dt: float, r
     """
     sc, rows = st["sc"], np.arange(st["sc"].size)
     s, v = st["s"], st["v"]
-    _step_lights(st, u, dt)
+    _step_lights(st, w, dt)
 
     # intersections: bookkeeping, turn decision seconds before the intersection
     j_old = st["j"]
@@ -186,6 +188,7 @@ def step(st: dict, w: dict, hb: dict, u: np.ndarray, n: np.ndarray, dt: float, r
     fresh = np.where(u[:, U_TURN] < hb["p_turn"], np.where(u[:, U_TURN_DIR] < 0.5, 1, -1), 0)
     chosen = w["turn_geom"][sc, j] if replay else fresh
     st["intent"] = np.where(decide, chosen, st["intent"])
+    st["turn_blink"] = np.where(decide, u[:, U_TURN_BLINK] < P_BLINK_TURN, st["turn_blink"])
     st["decided"] = np.where(decide, 1, st["decided"])
 
     # lane keeping and lane changes (not near intersections, not while turning)
@@ -210,33 +213,36 @@ def step(st: dict, w: dict, hb: dict, u: np.ndarray, n: np.ndarray, dt: float, r
         idm_interaction(v, v - st["l_v"], lead_gap, hb["a_max"], hb["b_comf"], hb["headway"], hb["s0"]),
         idm_interaction(v, v, stop_gap, hb["a_max"], hb["b_comf"], 0.5, 0.8))
     a_cmd = np.clip(a_cmd + st["an"], -7.0, hb["a_max"] + 0.5)
-    a = st["a"] + np.clip(a_cmd - st["a"], -10.0 * dt, 5.0 * dt)  # jerk limit: smooth pedals
-    a = np.where(hb["park"], 0.0, a)
+    # the slope pulls along the road; the driver's pedal compensates part of it at once, the
+    # rest shows as a speed error that the controller above corrects later
+    g_along = -GRAVITY * route_at(w["grade"], sc, s)
+    a_drv = st["a_drv"] + np.clip(a_cmd - hb["grade_comp"] * g_along - st["a_drv"], -10.0 * dt, 5.0 * dt)
+    a_drv = np.where(hb["park"], 0.0, a_drv)  # pedal (engine/brake) acceleration, jerk-limited
+    a = np.where(hb["park"], 0.0, a_drv + g_along)
 
     # lateral: pure pursuit on the lane centre (plus the driver's wander)
     look = np.clip(0.8 * v + 4.0, 5.0, 25.0)
     tx, ty, _, _ = route_point(w, sc, s + look, st["d_cmd"] + st["dn"])
-    delta_cmd = pure_pursuit(st["X"], st["Y"], st["psi"], tx, ty, look)
+    delta_cmd = pure_pursuit(st["X"], st["Y"], st["psi"], tx, ty, look, hb["wheelbase"])
     delta = st["delta"] + (delta_cmd - st["delta"]) * min(dt / STEER_TAU, 1.0)
     delta = np.where(hb["park"], 0.0, delta)
 
     # controls as telemetry reports them
     st["X0"], st["Y0"], st["psi0"], st["v0"] = st["X"], st["Y"], st["psi"], v
-    steer_rate = (delta - st["delta"]) / dt * STEER_RATIO * 180.0 / np.pi
-    lat_acc = v * v * np.tan(delta) / WHEELBASE
+    steer_rate = (delta - st["delta"]) / dt * hb["steer_ratio"] * 180.0 / np.pi
+    lat_acc = v * v * np.tan(delta) / hb["wheelbase"]
     st["torque"] = np.clip(hb["torque_gain"] * lat_acc + 0.6 * steer_rate, -700.0, 700.0)
-    st["delta"], st["a_cmd"] = delta, a_cmd
-    st["brake_p"] = ((a < -0.5) | (v < 0.05)) & ~hb["park"]
-    st["gas"] = np.where((a > 0.05) & ~st["brake_p"], np.clip(0.08 + a / 2.5 + v / 60.0, 0.0, 1.0), 0.0)
-    lc_left = (st["lc_phase"] > 0) & (st["lc_to"] > st["lc_from"])
-    lc_right = (st["lc_phase"] > 0) & (st["lc_to"] < st["lc_from"])
-    signalling = (st["intent"] != 0) & (s < w["s_arc1"][sc, j] - 2.0)
+    st["delta"], st["a_cmd"], st["a_drv"] = delta, a_cmd, a_drv
+    lc_left = (st["lc_phase"] > 0) & (st["lc_to"] > st["lc_from"]) & st["lc_blink"]
+    lc_right = (st["lc_phase"] > 0) & (st["lc_to"] < st["lc_from"]) & st["lc_blink"]
+    signalling = (st["intent"] != 0) & (s < w["s_arc1"][sc, j] - 2.0) & st["turn_blink"]
     st["blink_l"] = lc_left | (signalling & (st["intent"] > 0))
     st["blink_r"] = lc_right | (signalling & (st["intent"] < 0))
 
     # integrate the ego, then the lead, then the slow random processes
-    X, Y, psi, v_new, a_app = bicycle_step(st["X"], st["Y"], st["psi"], v, a, delta, dt)
+    X, Y, psi, v_new, a_app = bicycle_step(st["X"], st["Y"], st["psi"], v, a, delta, dt, hb["wheelbase"])
     st["a"] = a_app
+    st["a_drv"] = np.where(v_new <= 0.0, -g_along, a_drv)  # at rest the brake just holds the car
     st["X"], st["Y"], st["psi"], st["v"] = X, Y, psi, v_new
     st["s"], st["d_act"] = project_to_route(w, sc, s + 0.5 * (v + v_new) * dt, X, Y)
     _step_lead(st, w, hb, u, n, dt)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivesim.road import LANE_W, World, lane_offset
-from drivesim.vehicle import route_at, route_point
+from drivesim.road import DS, LANE_W, World, lane_offset, route_cut
+from drivesim.vehicle import route_at
 
 NEAR = 0.5
 # look-ahead grid (m ahead of the car): fine near, coarse far
@@ -109,13 +109,39 @@ class QuadList:
             rasterize(img, np.concatenate(self.quads), np.concatenate(self.colors), np.concatenate(self.bias), cam)
 
 
-class _Samples:
-    """Route centreline at sample positions, looked up once per frame for every ribbon."""
+def route_view(wa: dict, s: np.ndarray, cut: float, d: np.ndarray | float = 0.0):
+    """World (X, Y, Z, heading) of arc lengths s, offset d, as the frames show them.
 
-    def __init__(self, wa: dict, s: np.ndarray) -> None:
-        zero = np.zeros(s.size, int)
-        th = route_at(wa["theta"], zero, s)
-        self.X, self.Y, self.Z = route_at(wa["X"], zero, s), route_at(wa["Y"], zero, s), route_at(wa["Z"], zero, s)
+    Up to `cut` the route; beyond it the road straight through the next crossing (the road's
+    own bends, no turn), so the frames never show a branch before the car visibly takes it.
+    """
+    s = np.asarray(s, float)
+    zero = np.zeros(s.shape, int)
+    near = np.minimum(s, cut)
+    th = route_at(wa["theta"], zero, near)
+    X, Y = route_at(wa["X"], zero, near), route_at(wa["Y"], zero, near)
+    beyond = s > cut
+    if beyond.any():
+        c1 = np.array([cut])
+        x0, y0, t0 = (float(route_at(wa[k], np.zeros(1, int), c1)[0]) for k in ("X", "Y", "theta"))
+        grid = cut + np.arange(0.0, float(s.max()) - cut + 2 * DS, DS)
+        k = route_at(wa["kappa_road"], np.zeros(grid.size, int), grid)
+        th_g = t0 + np.concatenate([[0.0], np.cumsum(k[:-1] * DS)])
+        mid = th_g + 0.5 * k * DS
+        Xg = x0 + np.concatenate([[0.0], np.cumsum(np.cos(mid[:-1]) * DS)])
+        Yg = y0 + np.concatenate([[0.0], np.cumsum(np.sin(mid[:-1]) * DS)])
+        sb = s[beyond]
+        X, Y, th = X.copy(), Y.copy(), th.copy()
+        X[beyond], Y[beyond], th[beyond] = np.interp(sb, grid, Xg), np.interp(sb, grid, Yg), np.interp(sb, grid, th_g)
+    Z = route_at(wa["Z"], zero, s)  # the grade profile does not depend on the route
+    return X - np.sin(th) * d, Y + np.cos(th) * d, Z, th
+
+
+class _Samples:
+    """The road centreline at sample positions (as `route_view` shows it), looked up once per frame."""
+
+    def __init__(self, wa: dict, s: np.ndarray, cut: float) -> None:
+        self.X, self.Y, self.Z, th = route_view(wa, s, cut)
         self.nx, self.ny = -np.sin(th), np.cos(th)
 
     def ribbon(self, d_left: float, d_right: float, mask: np.ndarray | None = None, step: int = 1) -> np.ndarray:
@@ -127,8 +153,13 @@ class _Samples:
         return q if mask is None else q[mask[::step][:-1]]
 
 
-def _ribbon(wa, s, d_left, d_right) -> np.ndarray:
-    return _Samples(wa, s).ribbon(d_left, d_right)
+def _markings_shown(world: World, s: np.ndarray, cut: float) -> np.ndarray:
+    """Where lane markings run: the route's own up to `cut`, beyond it those of the road
+    straight through (broken only across each crossing)."""
+    mk = world.marking_ok[np.clip(s.astype(int), 0, world.marking_ok.size - 1)]
+    n = world.n_intersections
+    inside = ((s[:, None] >= world.s_stop[None, :n]) & (s[:, None] <= (world.s_int + world.half_w)[None, :n])).any(1)
+    return np.where(s > cut, ~inside, mk)
 
 
 def _box(centre, fwd, left, half_len, half_w, z0, z1) -> np.ndarray:
@@ -138,10 +169,9 @@ def _box(centre, fwd, left, half_len, half_w, z0, z1) -> np.ndarray:
     return np.array([[*a[:2], a[2] + z0], [*b[:2], b[2] + z0], [*b[:2], b[2] + z1], [*a[:2], a[2] + z1]])
 
 
-def _car(q: QuadList, wa, s_rear: float, d: float, color, braking: bool, facing_away: bool) -> None:
+def _car(q: QuadList, wa, s_rear: float, d: float, color, braking: bool, facing_away: bool, cut: float) -> None:
     """A car as a box: rear (or front) face, sides, roof; brake lights or headlights."""
-    zero = np.zeros(2, int)
-    X, Y, Z, th = route_point(wa, zero, np.array([s_rear, s_rear + 4.6]), d)
+    X, Y, Z, th = route_view(wa, np.array([s_rear, s_rear + 4.6]), cut, d)
     if not facing_away:
         X, Y, Z, th = X[::-1], Y[::-1], Z[::-1], th[::-1] + np.pi
     P = np.stack([X, Y, Z], 1)
@@ -182,6 +212,47 @@ def _traffic_light(q: QuadList, centre, t_a, n_a, z, state: int):
     return quad
 
 
+def frame_camera(world: World, wa: dict, pose: dict, spec_camera, width: int, height: int) -> Camera:
+    """The dash camera at a pose (``X, Y, psi, s``): on the road, pitched with the grade."""
+    zero1 = np.zeros(1, int)
+    s_ego = float(pose["s"])
+    z_road = float(route_at(wa["Z"], zero1, np.array([s_ego]))[0])
+    grade = float(route_at(wa["grade"], zero1, np.array([s_ego + 1.35]))[0])
+    return Camera.at(spec_camera.K, width, height, pose["X"], pose["Y"], z_road, pose["psi"],
+                     np.arctan(grade) + world.look.pitch_offset, spec_camera.height_m)
+
+
+def crossing_frame(world: World, wa: dict, j: int, cut: float) -> tuple[np.ndarray, float]:
+    """Centre (world point) and approach heading of crossing j as the frames show it: a crossing
+    beyond the next one sits on the road straight through (`route_view`), not on the route."""
+    if world.s_int[j] <= cut:
+        return world.centre[j], float(world.approach[j])
+    X, Y, Z, th = route_view(wa, np.array([world.s_int[j]]), cut)
+    return np.array([X[0], Y[0], Z[0]]), float(th[0])
+
+
+def light_centre(world: World, j: int, c: np.ndarray | None = None, th: float | None = None) -> np.ndarray:
+    """World point at the foot of crossing j's light head (over the ego lanes, past the crossing),
+    for the crossing's centre c and approach heading th (default: the world's)."""
+    c = world.centre[j] if c is None else c
+    th = world.approach[j] if th is None else th
+    t_a, n_a = np.array([np.cos(th), np.sin(th), 0.0]), np.array([-np.sin(th), np.cos(th), 0.0])
+    return c + t_a * (world.half_w[j] + 3.0) + n_a * (world.n_lanes * LANE_W / 2)
+
+
+def light_in_view(world: World, cam: Camera, j: int) -> bool:
+    """Whether intersection j's light head lies inside the frame (in front, within the image)."""
+    c = light_centre(world, j)
+    head = np.array([[c[0], c[1], world.centre[j][2] + 5.2]])
+    u, v, z = cam.project(head)
+    return bool(z[0] > 2.0 and 0 <= u[0] <= cam.width and 0 <= v[0] <= cam.height)
+
+
+def brake_lights_on(l_a, l_v):
+    """The lead's brake lights: lit while it brakes or stands."""
+    return (np.asarray(l_a) < -0.4) | (np.asarray(l_v) < 0.2)
+
+
 def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, height: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """Render one frame and list its visible traffic lights.
@@ -200,12 +271,8 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
     (H, W, 3) uint8 image, and the lights as {"state", "bbox"} in pixels (before misses).
     """
     look = world.look
-    zero1 = np.zeros(1, int)
     s_ego = float(pose["s"])
-    z_road = float(route_at(wa["Z"], zero1, np.array([s_ego]))[0])
-    grade = float(route_at(wa["grade"], zero1, np.array([s_ego + 1.35]))[0])
-    cam = Camera.at(spec_camera.K, width, height, pose["X"], pose["Y"], z_road, pose["psi"],
-                    np.arctan(grade) + look.pitch_offset, spec_camera.height_m)
+    cam = frame_camera(world, wa, pose, spec_camera, width, height)
     img = np.empty((height, width, 3))
     # sky gradient above the horizon, flat ground below, skyline silhouettes in world azimuth
     vh = cam.horizon_row
@@ -224,13 +291,14 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
     n_l, n_o = world.n_lanes, world.n_opp
     # terrain beside the road first, in its own pass: it lies under everything else
     ground = QuadList()
-    smp = _Samples(wa, s)
+    cut = route_cut(world, s_ego)
+    smp = _Samples(wa, s, cut)
     ground.add(smp.ribbon(60.0, -60.0, step=2), look.ground)
     ground.draw(img, cam)
     q = QuadList()
     road_l, road_r = n_l * LANE_W + 0.6, -n_o * LANE_W - 0.6
     q.add(smp.ribbon(road_l, road_r), look.road, 0.0)
-    mk = world.marking_ok[np.clip(s.astype(int), 0, world.marking_ok.size - 1)]
+    mk = _markings_shown(world, s, cut)
     dash = mk & ((s // 4) % 3 == 0)
     hw = 0.08
     q.add(smp.ribbon(hw, -hw, mk), look.centre_line, -0.2)
@@ -245,7 +313,7 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
     for j in range(world.n_intersections):
         if not -15 < world.s_int[j] - s_ego < 170:
             continue
-        c, th = world.centre[j], world.approach[j]
+        c, th = crossing_frame(world, wa, j, cut)
         t_a, n_a = np.array([np.cos(th), np.sin(th), 0.0]), np.array([-np.sin(th), np.cos(th), 0.0])
         hwc = world.half_w[j] + 0.6
         seg = np.linspace(-70, 70, 15)
@@ -253,16 +321,17 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
         strip = np.stack([c + n_a * a[:, None] - t_a * hwc, c + n_a * a[:, None] + t_a * hwc,
                           c + n_a * b[:, None] + t_a * hwc, c + n_a * b[:, None] - t_a * hwc], 1)
         q.add(strip, look.road, 0.0)
-        if world.turn_geom[j] != 0:  # the road also goes on straight
-            seg = np.linspace(hwc, 90, 9)
+        # the crossing road's centre line, on both branches alike
+        for lo, hi in ((road_l, 70.0), (-70.0, road_r)):
+            seg = np.linspace(lo, hi, 8)
             a, b = seg[:-1], seg[1:]
-            strip = np.stack([c + t_a * a[:, None] + n_a * road_l, c + t_a * a[:, None] + n_a * road_r,
-                              c + t_a * b[:, None] + n_a * road_r, c + t_a * b[:, None] + n_a * road_l], 1)
-            q.add(strip, look.road, 0.0)
+            line = np.stack([c + n_a * a[:, None] - t_a * hw, c + n_a * a[:, None] + t_a * hw,
+                             c + n_a * b[:, None] + t_a * hw, c + n_a * b[:, None] - t_a * hw], 1)
+            q.add(line, look.centre_line, -0.2)
         st = np.array([world.s_stop[j], world.s_stop[j] + 0.45])
-        q.add(_ribbon(wa, st, n_l * LANE_W, 0.0), look.marking, -0.3)
+        q.add(_Samples(wa, st, cut).ribbon(n_l * LANE_W, 0.0), look.marking, -0.3)
         if world.has_light[j]:
-            centre = c + t_a * (world.half_w[j] + 3.0) + n_a * (n_l * LANE_W / 2)
+            centre = light_centre(world, j, c, th)
             housing = _traffic_light(q, centre, t_a, n_a, c[2] + 5.0, int(pose["lights"][j]))
             pole = c + t_a * (world.half_w[j] + 3.0) + n_a * (n_l * LANE_W + 1.2)
             q.add(_box(pole, t_a, n_a, 0, 0.12, 0.0, 5.45), (95, 95, 100), -0.2)
@@ -273,12 +342,12 @@ def render_frame(world: World, wa: dict, pose: dict, spec_camera, width: int, he
     gap = pose["l_s"] - s_ego
     if pose["present"] and 3.0 < gap < 160:
         d = world.n_lanes * LANE_W + 1.0 if world.kind == "parked" else float(lane_offset(pose["l_lane"]))
-        braking = pose["l_a"] < -0.4 or pose["l_v"] < 0.2
-        _car(q, wa, pose["l_s"] - 1.0, d, world.lead_color, braking, facing_away=True)
+        braking = bool(brake_lights_on(pose["l_a"], pose["l_v"]))
+        _car(q, wa, pose["l_s"] - 1.0, d, world.lead_color, braking, facing_away=True, cut=cut)
     for s0, v_o, ci in world.oncoming:
         so = s0 - v_o * pose["t"]
         if 4.0 < so - s_ego < 150:
-            _car(q, wa, so - 3.6, -lane_offset(0), world.car_colors[int(ci)], False, facing_away=False)
+            _car(q, wa, so - 3.6, -lane_offset(0), world.car_colors[int(ci)], False, facing_away=False, cut=cut)
     q.draw(img, cam)
 
     boxes = []

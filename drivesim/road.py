@@ -11,17 +11,29 @@ lane i centred at d = (i + 0.5) * LANE_W; oncoming lanes lie at d < 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 DS = 1.0  # route sampling step (m)
-ROUTE_LEN = 1900  # samples: 27.5 m/s x 58 s plus the rendering look-ahead, with margin
+ROUTE_LEN = 2300  # samples: 27.5 m/s x 73 s (warm-up included) plus the rendering look-ahead
 LANE_W = 3.5
 MAX_INTERSECTIONS = 24
 EGO_START_S = 15.0
+TURN_REVEAL_M = 10.0  # a turn shows in the frames once the car is this close to the crossing's near side
 KINDS = ("urban", "suburban", "highway", "parked")
-KIND_P = (0.62, 0.27, 0.09, 0.02)
+KIND_P = (0.63, 0.277, 0.09, 0.003)  # parked: gear "park" in 0.3% of rows, as in the real data
+# joint draw of the habits (standard-normal scores): faster drivers keep shorter headways,
+# brake and corner harder, accelerate harder; correlated, not one knob
+HABIT_CORR = np.array([
+    # v_des headway b_comf a_lat a_max
+    [1.0, -0.4, 0.3, 0.4, 0.3],
+    [-0.4, 1.0, -0.3, -0.3, -0.3],
+    [0.3, -0.3, 1.0, 0.4, 0.4],
+    [0.4, -0.3, 0.4, 1.0, 0.4],
+    [0.3, -0.3, 0.4, 0.4, 1.0],
+])
+T_YELLOW = 3.0  # s; green and red phases are drawn per light (a fixed cycle, not memoryless)
 
 
 @dataclass
@@ -42,6 +54,7 @@ class Habits:
     reaction: float  # mean extra reaction time at a green light (s)
     p_turn: float  # chance of turning at an intersection
     torque_gain: float  # steeringTorque per m/s2 of lateral acceleration
+    grade_comp: float  # share of the slope's pull the driver's pedal compensates at once
 
 
 @dataclass
@@ -88,18 +101,24 @@ class World:
     half_w: np.ndarray  # half width of the crossing road
     has_light: np.ndarray
     light0: np.ndarray  # initial light state 0 green 1 yellow 2 red
-    light_t0: np.ndarray  # initial time in yellow
+    light_t0: np.ndarray  # initial time spent in that state
+    green_s: np.ndarray  # each light's green phase (s)
+    red_s: np.ndarray  # each light's red phase (s)
     centre: np.ndarray  # (MAX_INTERSECTIONS, 3) world point of the crossing centre
     approach: np.ndarray  # (MAX_INTERSECTIONS,) approach heading
     # other cars
     lead_present: bool
     lead_gap: float
     lead_v_des: float
+    kappa_lead: np.ndarray  # the lead's own path curvature: the road plus its own turns
+    lead_exit_s: float  # where the lead turns off (its own choice, independent of the route)
     lead_color: np.ndarray
     oncoming: np.ndarray  # (n, 3): s at t=0, speed, colour index
     car_colors: np.ndarray
     v0: float
     habits: Habits
+    wheelbase: float  # this car's (m)
+    steer_ratio: float  # steering-wheel angle per road-wheel angle
     look: Look
     n_intersections: int = field(default=0)
 
@@ -134,17 +153,16 @@ def _grade_profile(rng: np.random.Generator, kind: str) -> np.ndarray:
 
 
 def _habits(rng: np.random.Generator, kind: str) -> Habits:
-    a = float(rng.beta(2.0, 2.0))
-    base = {"urban": 8.0, "suburban": 12.0, "highway": 20.0, "parked": 9.0}[kind]
-    v_des = float(np.clip(base + 5.0 * a + rng.normal(0, 1.2), 6.0, 27.5))
+    z = np.linalg.cholesky(HABIT_CORR) @ rng.standard_normal(5)
+    base = {"urban": 10.5, "suburban": 14.5, "highway": 22.5, "parked": 11.5}[kind]
     return Habits(
-        aggressiveness=a,
-        v_des=v_des,
-        a_max=0.9 + 1.5 * a,
-        b_comf=1.4 + 1.4 * a,
-        headway=1.9 - 0.8 * a,
-        s0=2.8 - 1.0 * a,
-        a_lat=1.5 + 1.5 * a,
+        aggressiveness=float(np.mean(z * np.array([1, -1, 1, 1, 1]))),
+        v_des=float(np.clip(base + 2.2 * z[0], 6.0, 27.5)),
+        headway=float(np.clip(1.45 * np.exp(0.22 * z[1]), 0.8, 2.6)),
+        b_comf=float(np.clip(2.1 * np.exp(0.22 * z[2]), 1.2, 3.5)),
+        a_lat=float(np.clip(2.2 * np.exp(0.22 * z[3]), 1.2, 3.6)),
+        a_max=float(np.clip(1.6 * np.exp(0.25 * z[4]), 0.8, 2.8)),
+        s0=float(rng.uniform(1.8, 2.8)),
         v_noise=float(rng.uniform(0.05, 0.10)),
         d_noise=float(rng.uniform(0.08, 0.22)),
         a_noise=float(rng.uniform(0.1, 0.3)),
@@ -152,6 +170,7 @@ def _habits(rng: np.random.Generator, kind: str) -> Habits:
         reaction=float(rng.uniform(0.4, 1.4)),
         p_turn={"urban": 0.25, "suburban": 0.2, "highway": 0.0, "parked": 0.0}[kind],
         torque_gain=float(rng.uniform(35, 60)),
+        grade_comp=float(rng.uniform(0.5, 0.9)),
     )
 
 
@@ -204,7 +223,7 @@ def make_world(rng: np.random.Generator) -> World:
     ints: list[dict] = []
     p_int = {"urban": 0.55, "suburban": 0.3, "highway": 0.0, "parked": 0.3}[kind]
     r_range = {"urban": (50, 1000), "suburban": (60, 1000), "highway": (400, 2000), "parked": (60, 1000)}[kind]
-    i = int((EGO_START_S + rng.uniform(50, 140)) / DS)  # a straight lead-in
+    i = int(rng.uniform(0, 60) / DS)  # no special lead-in: the first row is like any other
     while i < ROUTE_LEN:
         r = rng.random()
         if r < p_int and len(ints) < MAX_INTERSECTIONS:
@@ -258,19 +277,25 @@ def make_world(rng: np.random.Generator) -> World:
     s_int, s_stop, s_arc0, s_arc1 = pad(1e9), pad(1e9), pad(1e9), pad(1e9)
     turn_geom, radius, half_w = np.zeros(nI, int), pad(8.0), pad(3.5)
     has_light = np.zeros(nI, bool)
-    centre, approach = np.zeros((nI, 3)), np.zeros(nI)
     for j, it in enumerate(ints):
         s_int[j], s_stop[j], s_arc0[j], s_arc1[j] = it["s_int"], it["s_stop"], it["s_arc0"], it["s_arc1"]
         turn_geom[j], radius[j], half_w[j], has_light[j] = it["geom"], it["radius"], it["half_w"], it["has_light"]
-        k0 = min(int(it["s_arc0"] / DS), ROUTE_LEN - 1)
-        approach[j] = theta[k0]
-        along = it["s_int"] - k0 * DS
-        centre[j] = [X[k0] + along * np.cos(theta[k0]), Y[k0] + along * np.sin(theta[k0]), Z[k0]]
-    u = rng.random(nI)
-    light0 = np.where(u < 0.55, 0, np.where(u < 0.6, 1, 2))
-    light_t0 = rng.uniform(0, 3.0, nI)
+    centre, approach = _intersection_frames(X, Y, Z, theta, s_int, s_arc0, len(ints))
+    green_s, red_s = rng.uniform(18, 40, nI), rng.uniform(15, 35, nI)
+    phase = rng.random(nI) * (green_s + T_YELLOW + red_s)  # where in its cycle each light starts
+    light0 = np.where(phase < green_s, 0, np.where(phase < green_s + T_YELLOW, 1, 2))
+    light_t0 = np.where(light0 == 0, phase, np.where(light0 == 1, phase - green_s, phase - green_s - T_YELLOW))
 
-    v0 = 0.0 if kind == "parked" or rng.random() < 0.12 else habits.v_des * rng.uniform(0.6, 1.0)
+    # the lead turns at intersections by its own choice (never by the ego's route), and leaves
+    kappa_lead = kappa_road.copy()
+    lead_exit_s = 1e9
+    for j, it in enumerate(ints):
+        if rng.random() < 0.25:
+            a0 = int(round((it["s_int"] - radius[j]) / DS))
+            kappa_lead[a0 : a0 + int(round(np.pi / 2 * radius[j] / DS))] += (1 if rng.random() < 0.5 else -1) / radius[j]
+            lead_exit_s = it["s_int"] + it["half_w"]
+            break
+    v0 = 0.0 if kind == "parked" else habits.v_des * rng.uniform(0.8, 1.05)
     car_colors = np.array([[200, 200, 205], [30, 30, 35], [160, 20, 25], [40, 60, 140], [210, 210, 200], [120, 120, 125], [60, 90, 60]], float)
     lead_present = kind == "parked" or rng.random() < {"urban": 0.6, "suburban": 0.45, "highway": 0.55}[kind]
     lead_gap = rng.uniform(6, 12) if kind == "parked" else (rng.uniform(6, 50) if v0 < 1 else rng.uniform(8, 18) + v0 * rng.uniform(0.8, 2.5))
@@ -285,8 +310,11 @@ def make_world(rng: np.random.Generator) -> World:
         light0=light0, light_t0=light_t0, centre=centre, approach=approach,
         lead_present=bool(lead_present), lead_gap=float(lead_gap),
         lead_v_des=float(np.clip(habits.v_des * rng.uniform(0.8, 1.15), 5, 27.5)),
+        kappa_lead=kappa_lead, lead_exit_s=float(lead_exit_s),
         lead_color=car_colors[int(rng.integers(0, len(car_colors)))],
         oncoming=oncoming, car_colors=car_colors, v0=float(v0), habits=habits,
+        wheelbase=float(rng.uniform(2.5, 3.1)), steer_ratio=float(rng.uniform(12.0, 18.0)),
+        green_s=green_s, red_s=red_s,
         look=_look(rng, kind), n_intersections=len(ints),
     )
 
@@ -294,3 +322,56 @@ def make_world(rng: np.random.Generator) -> World:
 def lane_offset(lane: np.ndarray | int) -> np.ndarray:
     """Lateral offset (m, left positive) of the centre of the ego-direction lane `lane`."""
     return (np.asarray(lane) + 0.5) * LANE_W
+
+
+def reroute(world: World, j: int, geom: int) -> World:
+    """The same world with another route choice at intersection j (+1 left, -1 right, 0 straight).
+
+    The road before the turn arc, the grade profile and every other intersection's position in
+    arc length stay; the route's plan view beyond intersection j follows the new choice.
+    """
+    old = int(world.turn_geom[j])
+    kappa = world.kappa.copy()
+    marking_ok = world.marking_ok.copy()
+    s_int, R = float(world.s_int[j]), float(world.radius[j])
+    if old != 0:
+        kappa[int(round(world.s_arc0[j] / DS)) : int(round(world.s_arc1[j] / DS))] -= old / R
+    if geom != 0:
+        a0 = int(round((s_int - R) / DS))
+        a1 = a0 + int(round(np.pi / 2 * R / DS))
+        kappa[a0:a1] += geom / R
+        s_arc0, s_arc1 = a0 * DS, a1 * DS
+    else:
+        s_arc0 = s_arc1 = s_int
+    marking_ok[int(world.s_stop[j] / DS) : int(max(s_arc1, s_int + world.half_w[j]) / DS) + 1] = False
+    X, Y, Z, theta = _integrate(kappa, world.grade)
+    turn_geom, arc0, arc1 = world.turn_geom.copy(), world.s_arc0.copy(), world.s_arc1.copy()
+    turn_geom[j], arc0[j], arc1[j] = geom, s_arc0, s_arc1
+    centre, approach = _intersection_frames(X, Y, Z, theta, world.s_int, arc0, world.n_intersections)
+    return replace(world, X=X, Y=Y, Z=Z, theta=theta, kappa=kappa, marking_ok=marking_ok,
+                   turn_geom=turn_geom, s_arc0=arc0, s_arc1=arc1, centre=centre, approach=approach)
+
+
+def _intersection_frames(X, Y, Z, theta, s_int, s_arc0, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crossing centre (world point, height of the road at the crossing) and approach heading."""
+    centre, approach = np.zeros((MAX_INTERSECTIONS, 3)), np.zeros(MAX_INTERSECTIONS)
+    for j in range(n):
+        k0 = min(int(s_arc0[j] / DS), ROUTE_LEN - 1)
+        approach[j] = theta[k0]
+        along = s_int[j] - k0 * DS
+        ki = min(int(round(s_int[j] / DS)), ROUTE_LEN - 1)
+        centre[j] = [X[k0] + along * np.cos(theta[k0]), Y[k0] + along * np.sin(theta[k0]), Z[ki]]
+    return centre, approach
+
+
+def route_cut(world: World, s_ego: float) -> float:
+    """Arc length beyond which a camera at s_ego cannot yet tell the route from the road ahead.
+
+    Until the car is within TURN_REVEAL_M of the next crossing, the frames show the road going
+    straight through it (`render.route_view`) whichever way the route goes; np.inf when no
+    crossing lies ahead.
+    """
+    n = world.n_intersections
+    near_side = world.s_int[:n] - world.half_w[:n]
+    jj = int(np.searchsorted(near_side - TURN_REVEAL_M, s_ego, side="right"))
+    return float(near_side[jj] - 5.0) if jj < n else float("inf")

@@ -10,8 +10,9 @@ import numpy as np
 
 from drivesim.road import DS
 
-WHEELBASE = 2.7
+WHEELBASE = 2.7  # a typical car; each simulated car draws its own (road.World.wheelbase)
 STEER_RATIO = 15.0
+GRAVITY = 9.81
 MAX_WHEEL = 0.6  # rad, about 34 degrees at the road wheel
 STEER_TAU = 0.2  # steering actuator lag (s)
 FRONT_OVERHANG = 3.7  # rear axle to front bumper (m)
@@ -46,7 +47,7 @@ def route_point(route: dict, sc: np.ndarray, s: np.ndarray, d: np.ndarray | floa
     return X, Y, route_at(route["Z"], sc, s), th
 
 
-def bicycle_step(X, Y, psi, v, a, delta, dt):
+def bicycle_step(X, Y, psi, v, a, delta, dt, wheelbase=WHEELBASE):
     """Advance the kinematic bicycle one step with constant acceleration and steering.
 
     Returns
@@ -56,18 +57,18 @@ def bicycle_step(X, Y, psi, v, a, delta, dt):
     v_new = np.maximum(v + a * dt, 0.0)
     a_applied = (v_new - v) / dt
     dist = 0.5 * (v + v_new) * dt
-    dpsi = dist * np.tan(delta) / WHEELBASE
+    dpsi = dist * np.tan(delta) / wheelbase
     mid = psi + 0.5 * dpsi
     return X + dist * np.cos(mid), Y + dist * np.sin(mid), psi + dpsi, v_new, a_applied
 
 
-def pure_pursuit(X, Y, psi, tx, ty, lookahead):
+def pure_pursuit(X, Y, psi, tx, ty, lookahead, wheelbase=WHEELBASE):
     """Road-wheel angle that steers the rear axle onto the target point (tx, ty)."""
     dx, dy = tx - X, ty - Y
     ly = -np.sin(psi) * dx + np.cos(psi) * dy
     lx = np.cos(psi) * dx + np.sin(psi) * dy
     alpha = np.arctan2(ly, np.maximum(lx, 0.1))
-    return np.clip(np.arctan(2.0 * WHEELBASE * np.sin(alpha) / lookahead), -MAX_WHEEL, MAX_WHEEL)
+    return np.clip(np.arctan(2.0 * wheelbase * np.sin(alpha) / lookahead), -MAX_WHEEL, MAX_WHEEL)
 
 
 def project_to_route(route: dict, sc, s, X, Y):

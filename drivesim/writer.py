@@ -21,11 +21,13 @@ from tqdm import tqdm
 from drivesim.oracle import rollout_medians
 from drivesim.render import LIGHT_CLASS, render_frame
 from drivesim.scene import (
+    CAMERA_COLUMNS,
     DT,
     HIDDEN_COLUMNS,
     T_WARM,
     SceneJob,
     SceneRun,
+    camera_state,
     hidden_state,
     simulate_chunk,
     targets,
@@ -76,6 +78,9 @@ def _scene_rows(run: SceneRun, spec: DatasetSpec) -> pd.DataFrame:
     hid = hidden_state(run)
     for col in HIDDEN_COLUMNS:
         cols[f"hidden:{col}"] = hid[col]
+    cam = camera_state(run, spec)
+    for col in CAMERA_COLUMNS:
+        cols[f"camera:{col}"] = cam[col]
     frame = pd.DataFrame(cols)
     return frame
 
@@ -94,7 +99,7 @@ def _render_scene(run: SceneRun, frame: pd.DataFrame, spec: DatasetSpec, out: Pa
             pose = dict(X=rec["X"][kk], Y=rec["Y"][kk], psi=rec["psi"][kk], s=rec["s"][kk],
                         t=kk * DT - T_WARM, lights=rec["light"][kk], l_s=rec["l_s"][kk],
                         l_a=rec["l_a"][kk], l_v=rec["l_v"][kk], l_lane=rec["l_lane"][kk],
-                        present=run.world.lead_present)
+                        present=bool(rec["l_present"][kk]))
             img, boxes = render_frame(run.world, wa, pose, spec.camera, spec.image_width,
                                       spec.image_height, rng)
             buf = io.BytesIO()
@@ -121,7 +126,7 @@ def _write_lights(boxes: list[dict], spec: DatasetSpec, path: Path, rng: np.rand
 def run_chunk(task: ChunkTask) -> pd.DataFrame:
     """Simulate one chunk; write its files when `task.out_dir` is set; return its rows.
 
-    The returned frame holds the dataset columns, ``hidden:*`` columns, ``split`` and, for
+    The returned frame holds the dataset columns, ``hidden:*`` and ``camera:*`` columns, ``split`` and, for
     test rows, ``floor:*`` columns (the oracle's per-target rollout medians).
     """
     spec = task.spec
@@ -240,6 +245,8 @@ def generate(out_dir: str | Path, n_train: int, n_test: int, seed: int, spec: Da
     write_csv_atomic(oracle / "test_labels.csv", test[[idc, *spec.target_columns]], **fmt)
     hidden = rows[[idc, "split", *[f"hidden:{c}" for c in HIDDEN_COLUMNS]]]
     write_csv_atomic(oracle / "hidden_state.csv", hidden.rename(columns=lambda c: c.removeprefix("hidden:")), **fmt)
+    camera = rows[[idc, *[f"camera:{c}" for c in CAMERA_COLUMNS]]]
+    write_csv_atomic(oracle / "camera_state.csv", camera.rename(columns=lambda c: c.removeprefix("camera:")), **fmt)
     floor_cols = {f"floor:{c}": c for c in spec.target_columns}
     write_csv_atomic(oracle / "floor_predictions.csv", test[[idc, *floor_cols]].rename(columns=floor_cols), **fmt)
     report = floor_report(test, spec, N_ROLLOUTS)

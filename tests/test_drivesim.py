@@ -163,7 +163,8 @@ def test_x0_agrees_with_speed_and_acceleration_on_straight_steady_rows(rows):
     steady = (np.abs(rows["steeringAngleDeg"].to_numpy(float)) < 5) & (np.abs(a) < 0.5) & (v > 3)
     assert steady.sum() > 50
     err = np.abs(rows["x_0"].to_numpy(float) - (0.5 * v + 0.125 * a))[steady]
-    assert np.median(err) < 0.05
+    # CAN-like telemetry (1% speed calibration, 0.1 s lag, noise) keeps this approximate
+    assert np.median(err) < 0.08
 
 
 def test_statistics_near_the_real_data(rows):
