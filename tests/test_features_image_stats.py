@@ -99,7 +99,8 @@ def _cfg(tiny, out, *overrides):
 
 
 def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
-    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2"))
+    every_group = "features.image_stats.groups=[flow, similarity, regions, row_profile, horizon, orientation]"
+    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2", every_group))
     assert table.train["ID"].tolist() == pd.read_csv(tiny.table_path("train"))["ID"].tolist()
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
@@ -107,7 +108,7 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     assert np.isfinite(table.test[table.feature_columns].to_numpy()).all()
     assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
     # Workers and chunking do not change a value.
-    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1"))
+    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group))
     pd.testing.assert_frame_equal(table.train, serial.train)
 
 
