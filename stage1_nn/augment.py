@@ -1,4 +1,5 @@
-"""Augmentations: the label-consistent horizontal flip (spec-driven) and photometric noise.
+"""Augmentations: the label-consistent horizontal flip (spec-driven) and per-row photometric and
+small geometric transforms (noise, blur, brightness/contrast, cutout, shift-scale).
 
 The flip acts on a whole sequence at once (every row of a scene), so the BiLSTM never sees a
 scene whose rows disagree about left and right. Photometric transforms draw their parameters
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import albumentations as A
+import cv2
 import numpy as np
 
 from trajstack.spec import DatasetSpec
@@ -53,7 +55,8 @@ class FlipRules:
 
 
 class PhotometricAugment:
-    """Gaussian noise, blur or motion blur, brightness/contrast; one draw per row, all frames.
+    """Gaussian noise, blur or motion blur, brightness/contrast, cutout, a small shift-scale; one
+    draw per row, applied identically to all its frames.
 
     Parameters
     ----------
@@ -69,6 +72,12 @@ class PhotometricAugment:
             A.OneOf([A.Blur(blur_limit=(3, limit)), A.MotionBlur(blur_limit=(3, limit))], p=cfg.blur_p),
             A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit,
                                        contrast_limit=cfg.contrast_limit, p=cfg.brightness_p),
+            A.CoarseDropout(num_holes_range=(1, cfg.cutout_holes),
+                            hole_height_range=(0.05, max(0.05, cfg.cutout_size)),
+                            hole_width_range=(0.05, max(0.05, cfg.cutout_size)), fill=0, p=cfg.cutout_p),
+            A.Affine(translate_px=(-cfg.shift_px, cfg.shift_px),
+                     scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit), rotate=0.0,
+                     border_mode=cv2.BORDER_REPLICATE, p=cfg.shift_scale_p),
         ]
         self.keys = ["image"] + [f"image{i}" for i in range(1, n_frames)]
         self.transform = A.Compose(transforms, additional_targets={k: "image" for k in self.keys[1:]},
@@ -76,7 +85,7 @@ class PhotometricAugment:
 
     @staticmethod
     def wanted(cfg: AugmentConfig) -> bool:
-        return max(cfg.noise_p, cfg.blur_p, cfg.brightness_p) > 0
+        return max(cfg.noise_p, cfg.blur_p, cfg.brightness_p, cfg.cutout_p, cfg.shift_scale_p) > 0
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """frames (F, H, W, C) uint8 -> augmented copy, same shape."""

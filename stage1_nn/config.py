@@ -107,6 +107,16 @@ class AugmentConfig(StrictModel):
     brightness_p: float = 0.0
     brightness_limit: float = 0.2
     contrast_limit: float = 0.2
+    # Geometric, still one draw per row for all its frames: coarse dropout (cutout) of
+    # `cutout_holes` (max) rectangles of `cutout_size` (fraction of each side, max), and a small
+    # shift of up to `shift_px` pixels with scale 1 +- `scale_limit`, no rotation. A shift moves
+    # the horizon as a pitch would: keep it to a few pixels.
+    cutout_p: float = 0.0
+    cutout_holes: int = Field(4, ge=1)
+    cutout_size: float = Field(0.15, gt=0, le=1)
+    shift_scale_p: float = 0.0
+    shift_px: int = Field(3, ge=0)
+    scale_limit: float = Field(0.05, ge=0, lt=1)
 
 
 class Stage1Config(StrictModel):

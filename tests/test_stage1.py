@@ -117,6 +117,37 @@ def test_photometric_same_params_for_all_frames(tiny):
     np.testing.assert_array_equal(out[0], out[2])
 
 
+def test_cutout_blanks_the_same_rectangles_in_every_frame(tiny):
+    cfg, _, cache = tiny
+    aug_cfg = cfg.stage1.augment.model_copy(update={"cutout_p": 1.0, "cutout_holes": 2})
+    frames = np.repeat(cache.images[0][:1], 3, axis=0)
+    frames = np.maximum(frames, 1)  # no black pixels before: every 0 after is a hole
+    out = PhotometricAugment(aug_cfg, n_frames=3, seed=1)(frames)
+    holes = (out == 0).all(axis=-1)
+    assert 0 < holes[0].mean() < 0.5
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+    np.testing.assert_array_equal(out[0][~holes[0]], frames[0][~holes[0]])  # only the holes change
+
+
+def test_shift_moves_every_frame_by_the_same_few_pixels(tiny):
+    cfg, _, _ = tiny
+    h, w = 64, 128
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[30:34, 60:64] = 255  # a bright square, far from the borders
+    aug_cfg = cfg.stage1.augment.model_copy(update={"shift_scale_p": 1.0, "shift_px": 3,
+                                                    "scale_limit": 0.0})
+    shifts = set()
+    for seed in range(8):
+        out = PhotometricAugment(aug_cfg, n_frames=3, seed=seed)(np.stack([frame] * 3))
+        np.testing.assert_array_equal(out[0], out[2])
+        rows, cols = np.nonzero(out[0, :, :, 0] > 127)
+        dy, dx = rows.mean() - 31.5, cols.mean() - 61.5
+        assert abs(dy) <= 3.5 and abs(dx) <= 3.5  # a few pixels at most, no rotation
+        shifts.add((round(dy), round(dx)))
+    assert len(shifts) > 1  # it does move
+
+
 @pytest.mark.parametrize("mode,lstm,vlm", [("scene", True, False), ("scene", True, True), ("row", False, False),
                                            ("row", False, True)])
 def test_model_output_shapes(tiny, mode, lstm, vlm):
