@@ -48,6 +48,10 @@ class ModelConfig(StrictModel):
     drop_path_rate: float = 0.0
     # Extra keyword arguments for timm.create_model (e.g. dims/depths of a custom ConvNeXt).
     backbone_kwargs: dict[str, Any] = {}
+    # Stem surgery for small frames: divide the stride of the backbone's first convolution by
+    # this (2: a 64x128 frame keeps twice the resolution in every stage, about 4x the compute).
+    # Pretrained weights still load: only the stride changes, not the kernel.
+    stem_stride_divisor: int = Field(1, ge=1)
     telemetry: TelemetryInputConfig = TelemetryInputConfig()
     vlm: VlmInputConfig = VlmInputConfig()
     lstm: LstmConfig = LstmConfig()

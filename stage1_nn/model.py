@@ -103,6 +103,28 @@ def create_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
             f"({type(err).__name__}: {reason}); {_how_to_get(cfg.backbone)}") from err
 
 
+def reduce_stem_stride(backbone: nn.Module, divisor: int) -> None:
+    """Divide the stride of the backbone's first convolution by `divisor`, in place.
+
+    The first `nn.Conv2d` in module order is the stem of every timm CNN (ConvNeXt's patchify
+    conv, ResNet's conv1, EfficientNet's conv_stem); its kernel and weights stay as they are.
+    """
+    if divisor == 1:
+        return
+    stem = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is None:
+        raise ValueError("stage1.model.stem_stride_divisor: the backbone has no Conv2d stem")
+    if any(s % divisor for s in stem.stride):
+        raise ValueError(f"stage1.model.stem_stride_divisor={divisor} does not divide the stem's "
+                         f"stride {tuple(stem.stride)}; use a divisor of it")
+    stem.stride = tuple(s // divisor for s in stem.stride)
+    # Pad so that the map is exactly `divisor` times larger: ceil((kernel - stride) / 2) per side
+    # (ConvNeXt's 4x4 patchify conv at stride 2 needs 1; ResNet's 7x7 at stride 1 keeps its 3).
+    if isinstance(stem.padding, tuple):
+        stem.padding = tuple(max(p, (k - s + 1) // 2)
+                             for p, k, s in zip(stem.padding, stem.kernel_size, stem.stride, strict=True))
+
+
 class TrajectoryNet(nn.Module):
     """Multi-frame image backbone + telemetry projector + optional extra input, fused -> LSTM -> heads.
 
@@ -119,6 +141,7 @@ class TrajectoryNet(nn.Module):
         in_chans = dims.channels * dims.n_frames
         # timm adapts the pretrained first conv to in_chans (frames x channels).
         self.backbone = create_backbone(cfg, in_chans)
+        reduce_stem_stride(self.backbone, cfg.stem_stride_divisor)
         # Normalise with the backbone's own pretrained statistics, repeated for every frame.
         data_cfg = resolve_data_config({}, model=self.backbone)
         mean = torch.tensor(data_cfg["mean"] * dims.n_frames)[:in_chans] * 255.0

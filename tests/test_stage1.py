@@ -373,3 +373,19 @@ def test_loss_leaves_out_missing_labels():
     assert torch.isfinite(loss) and loss.item() == pytest.approx(labelled.item())
     loss.backward()
     assert torch.all(pred.grad[2:] == 0) and torch.any(pred.grad[:2] != 0)
+
+
+@pytest.mark.parametrize("backbone", ["test_convnext", "resnet10t"])
+def test_stem_surgery_doubles_the_backbone_output_map(backbone):
+    cfg = load_config("demo", [f"stage1.model.backbone={backbone}"]).stage1.model
+    dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
+                     aux_head=False)
+    x = torch.zeros(1, 9, 64, 128)
+    plain = build_model(cfg, dims).backbone.forward_features(x).shape
+    cut = build_model(cfg.model_copy(update={"stem_stride_divisor": 2}), dims)
+    shape = cut.backbone.forward_features(x).shape
+    assert shape[1] == plain[1] and (shape[2], shape[3]) == (2 * plain[2], 2 * plain[3])
+    # Same parameters: a pretrained checkpoint still loads.
+    assert [p.shape for p in cut.parameters()] == [p.shape for p in build_model(cfg, dims).parameters()]
+    with pytest.raises(ValueError, match="does not divide"):
+        build_model(cfg.model_copy(update={"stem_stride_divisor": 3}), dims)

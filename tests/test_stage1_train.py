@@ -175,7 +175,7 @@ def test_ddp_two_cpu_processes_match_one_process_coverage(trained):
 
 def test_other_switches_train_and_predict(trained):
     """The switches the demo leaves off: TTA, photometric aug, no EMA, last epoch, BatchNorm, resize,
-    SAM with the warmup/hold/cool-down schedule, cutout and shift-scale."""
+    SAM with the warmup/hold/cool-down schedule, cutout and shift-scale, stem surgery."""
     root, data = trained["root"], trained["data"]
     cfg = load_config("demo", [*_overrides(data.root, root / "out", "tiny_switches"), "stage1.folds=[0]",
                                "stage1.tta_flip=true", "stage1.augment.noise_p=1.0", "stage1.augment.blur_p=1.0",
@@ -184,7 +184,8 @@ def test_other_switches_train_and_predict(trained):
                                "stage1.loss.normalize_targets=false", "stage1.optim.grad_clip=0",
                                "stage1.mode=row", "stage1.loss.aux=false", "stage1.channels_last=false",
                                "stage1.optim.name=sam", "stage1.optim.schedule=hold",
-                               "stage1.augment.cutout_p=1.0", "stage1.augment.shift_scale_p=1.0"])
+                               "stage1.augment.cutout_p=1.0", "stage1.augment.shift_scale_p=1.0",
+                               "stage1.model.stem_stride_divisor=2"])
     run = train_module.run_stage1(cfg)
     oof = pd.read_parquet(run.dir / OOF_FILE)
     assert set(oof["fold"]) == {0} and np.isfinite(oof.drop(columns=["ID", "fold"]).to_numpy()).all()
