@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_pipeline import machine_info, run_stages, stage_commands
+from benchmarks.bench_pipeline import machine_info, machine_note, run_stages, stage_commands
 from benchmarks.readme_table import update_readme_table
 from ensembling.oracle import FLOOR_FILE, LABELS_FILE, ORACLE_DIR, test_score
 from ensembling.report import finished_blend
@@ -308,8 +308,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + ".")
     m = result.get("machine")
     if m:
-        notes.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, "
-                     f"GPU {m['gpu'] or 'none'}.")
+        notes.append(machine_note(m))
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 

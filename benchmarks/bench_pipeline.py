@@ -155,11 +155,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         notes.append("Command wall time (s), including resumed or skipped work: "
                      + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
                      + f"; total {sum(times.values()):.1f}.")
-    m = result["machine"]
-    notes.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, "
-                 f"GPU {m['gpu'] or 'none'}, {m['os']}, Python {m['python']}. "
+    notes.append(f"{machine_note(result['machine'])} "
                  f"Experiment `{result['experiment']}` on `{result['data_dir']}`.")
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def machine_note(m: dict[str, Any]) -> str:
+    """The machine line under a benchmark table (from `machine_info()`)."""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, "
+            f"GPU {m['gpu'] or 'none'}, {m['os']}, Python {m['python']}.")
 
 
 def main(argv: list[str] | None = None) -> int:
