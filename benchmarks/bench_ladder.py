@@ -140,7 +140,7 @@ def _stage2_run(cfg: Config, learner: str, fold_hash: str, role: str) -> RunResu
     features = run.config.get("features", {})
     stage1_on = (features.get("stage1") or {}).get("enabled", True)
     from_frames = [b for b in features.get("builders", [])
-                   if b not in frame_free_builders([b]) and (b != "stage1" or stage1_on)]
+                   if BUILDERS.get(b).reads_frames and (b != "stage1" or stage1_on)]
     files = features.get("files") or []
     if from_frames or (role == "telemetry") != (not files):
         raise LadderError(f"{run_dir} is not a {role} reference (builders reading frames: "
