@@ -3,8 +3,12 @@
 The training step is timed on batches collated beforehand (so it excludes loading); the loader
 is timed producing the same batches (cache read, flip, augmentation, telemetry encoding,
 collate). The loader must be >= 5x faster than the step, so it never starves training.
+The bare backbone (same timm model, input size, batch rows, precision, channels_last and
+compile) is timed doing forward+backward alone: the step's ratio to it is what the rest of
+stage 1 (telemetry, BiLSTM, heads, loss, optimiser, EMA) costs. On CUDA, peak memory is recorded.
 
     python benchmarks/bench_stage1.py --config demo --data data/demo
+    python benchmarks/bench_stage1.py --config gpu --data data/full --device cuda stage1.model.pretrained=false
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from stage1_nn.distributed import DistEnv
 from stage1_nn.engine import train_one_epoch
-from stage1_nn.model import build_model
+from stage1_nn.model import build_model, create_backbone
 from stage1_nn.optim import build_ema, build_optimizer, build_scheduler
 from stage1_nn.train import _amp_dtype, _cpu_count, load_data, make_loader, prepare_fold
 from trajstack.config import Config, load_config
@@ -70,6 +74,11 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
     train_one_epoch(model, cached[:warmup], optimizer, scheduler, ema, s1, env, amp, 0, "warmup")
     stats, _ = train_one_epoch(model, cached[warmup:], optimizer, scheduler, ema, s1, env, amp, warmup, "bench")
     train_rps = stats["train_rows_per_s"]
+    peak_gib = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
+    del model, ema, optimizer
+    frame_hw = tuple(cached[0]["images"].shape[-3:-1])  # native (H, W) when no image_size is set
+    bare_rps = bare_backbone_rows_per_s(s1, fold.dims(), frame_hw, env.device, round(loader_rows / n),
+                                        batches, warmup)
     loader_rps = loader_rows / loader_seconds
     return {
         "backbone": s1.model.backbone, "mode": s1.mode, "batch_size": s1.batch_size,
@@ -79,7 +88,45 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
         "loader_rows_per_s": round(loader_rps, 1),
         "loader_to_train_ratio": round(loader_rps / train_rps, 1),
         "loader_ok": loader_rps >= TARGET_LOADER_RATIO * train_rps,
+        "bare_backbone_rows_per_s": round(bare_rps, 1),
+        "step_to_bare_backbone": round(train_rps / bare_rps, 2),
+        "peak_memory_gib": None if peak_gib is None else round(peak_gib, 2),
     }
+
+
+def bare_backbone_rows_per_s(s1: Any, dims: Any, frame_hw: tuple[int, int], device: torch.device,
+                             rows: int, batches: int, warmup: int) -> float:
+    """Rows/s of the backbone alone, forward+backward on random frames, set up as stage 1 sets it up."""
+    in_chans = dims.channels * dims.n_frames
+    height, width = dims.image_size or frame_hw
+    backbone = create_backbone(s1.model.model_copy(update={"pretrained": False}), in_chans).to(device)
+    x = torch.randn(rows, in_chans, height, width, device=device)
+    if s1.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if s1.compile:
+        backbone.compile()
+    backbone.train()
+    amp = _amp_dtype(s1.precision, device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = backbone(x).float().mean()
+        loss.backward()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(batches):
+        step()
+    _sync(device)
+    return rows * batches / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
