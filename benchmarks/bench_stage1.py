@@ -31,7 +31,7 @@ from trajstack.config import Config, load_config
 TARGET_LOADER_RATIO = 5.0
 
 
-def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") -> dict[str, Any]:
+def run(cfg: Config, batches: int = 12, warmup: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Rows/s of training steps and of the loader on fold 0 of the config's data.
 
     Parameters
@@ -39,7 +39,10 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
     cfg : resolved config (its `stage1` section and data_dir are used; folds/caches are made
         if missing, as `trajstack stage1` would).
     batches : timed batches for each measurement.
-    warmup : untimed batches first (allocator, oneDNN kernels).
+    warmup : untimed passes over the timed batches first. Every row count a batch can have then
+        has been seen once: torch.compile graphs and cuDNN/oneDNN plans are made per input
+        shape, and a scene batch's row count varies (on an H100 the first pass ran 1/25 of the
+        steady speed), so timing first sightings would measure set-up, not steps.
     device : ``"cpu"`` (the figure the README quotes) or ``"cuda"``.
 
     Returns
@@ -55,7 +58,7 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
     fold = prepare_fold(cfg, data, 0, env)
     loader = make_loader(fold.dataset("train", fold.train_rows, True, s1.augment.flip_p), s1.batch_size,
                          env, cfg, train=True, seed=fold.seed)
-    n = warmup + batches
+    n = batches
 
     # loader alone: the exact batches training consumes
     started = time.perf_counter()
@@ -71,14 +74,16 @@ def run(cfg: Config, batches: int = 12, warmup: int = 2, device: str = "cpu") ->
     optimizer = build_optimizer(model, s1.optim)
     scheduler = build_scheduler(optimizer, 10 * n, 0, s1.optim)
     amp = _amp_dtype(s1.precision, env.device)
-    train_one_epoch(model, cached[:warmup], optimizer, scheduler, ema, s1, env, amp, 0, "warmup")
-    stats, _ = train_one_epoch(model, cached[warmup:], optimizer, scheduler, ema, s1, env, amp, warmup, "bench")
+    step = 0
+    for _ in range(warmup):
+        _, step = train_one_epoch(model, cached, optimizer, scheduler, ema, s1, env, amp, step, "warmup")
+    stats, _ = train_one_epoch(model, cached, optimizer, scheduler, ema, s1, env, amp, step, "bench")
     train_rps = stats["train_rows_per_s"]
     peak_gib = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
     del model, ema, optimizer
     frame_hw = tuple(cached[0]["images"].shape[-3:-1])  # native (H, W) when no image_size is set
     bare_rps = bare_backbone_rows_per_s(s1, fold.dims(), frame_hw, env.device, round(loader_rows / n),
-                                        batches, warmup)
+                                        batches, warmup=3)  # one shape: a few steps warm it
     loader_rps = loader_rows / loader_seconds
     return {
         "backbone": s1.model.backbone, "mode": s1.mode, "batch_size": s1.batch_size,
