@@ -16,7 +16,8 @@ DEMO_DATA  := data/demo
 DATA       ?= $(DEMO_DATA)
 EXP        ?= demo
 CONFIG     ?= configs/demo.yaml
-LEARNER    ?= lightgbm
+# Empty: every learner of the config's stage2.learners (the demo: lightgbm, xgboost, catboost).
+LEARNER    ?=
 NPROC      ?= 1
 BENCH      ?=
 ARGS       ?=
@@ -33,6 +34,7 @@ help:
 	@echo "make test                  test suite (CPU, offline)"
 	@echo "make bench | lint | clean  benchmarks into README | ruff | remove outputs"
 	@echo "variables: DATA EXP CONFIG LEARNER NPROC ARGS='key=value ...'"
+	@echo "  LEARNER=xgboost (or a,b) runs those stage-2 learners; empty: the config's stage2.learners"
 
 setup: $(STAMP)
 
@@ -86,7 +88,7 @@ stage1: $(STAMP) $(DATA_DEP)
 
 # stage 2 reads stage 1's OOF features; `make stage2 -o stage1` skips that when they are off.
 stage2: stage1
-	$(TRAJSTACK) stage2 $(COMMON) --learner $(LEARNER)
+	$(TRAJSTACK) stage2 $(COMMON) $(if $(LEARNER),--learner $(LEARNER),)
 
 blend: stage2
 	$(TRAJSTACK) blend $(COMMON)
