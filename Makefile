@@ -27,10 +27,11 @@ DEMO_SEED  ?= 0
 
 COMMON = --config $(CONFIG) --data $(DATA) --exp $(EXP) $(ARGS)
 
-.PHONY: help setup demo-data full-data validate cache vlm folds stage1 stage2 blend report all test bench lint clean
+.PHONY: help setup demo-data full-data validate cache vlm folds stage1 stage2 blend report stage1-value all test bench lint clean
 
 help:
 	@echo "make stage1 stage2 blend   full pipeline on the demo data (DATA=... for your own)"
+	@echo "make stage1-value          each stage-1 run's stage-2 and blend CV without it (report)"
 	@echo "make test                  test suite (CPU, offline)"
 	@echo "make bench | lint | clean  benchmarks into README | ruff | remove outputs"
 	@echo "variables: DATA EXP CONFIG LEARNER NPROC ARGS='key=value ...'"
@@ -94,6 +95,12 @@ blend: stage2
 	$(TRAJSTACK) blend $(COMMON)
 
 report: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) report $(COMMON)
+
+# Each stage-1 run's value after stacking: stage 2 refit without each stage-1 run in turn
+# (stage2/<learner>-without-<run>/), then the report's table "Stage-1 runs after stacking".
+stage1-value: blend
+	$(TRAJSTACK) stage2 $(COMMON) $(if $(LEARNER),--learner $(LEARNER),) --without-stage1 all
 	$(TRAJSTACK) report $(COMMON)
 
 all: stage1 stage2 blend
