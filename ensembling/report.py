@@ -166,6 +166,15 @@ def _weights_section(blend: RunResult, out: Path) -> Section:
     section = Section(f"Blend weights ({weights['optimizer']})")
     section.paragraphs.append("Final weights, fit on all OOF rows and applied to the test "
                               "predictions; each target's weights are >= 0 and sum to 1.")
+    segments = blend.meta["scores"].get("segments")
+    if segments:
+        detail = "; ".join(
+            f"{label}: nested MAE {segments['nested_mae_segment'][label]:.4f} with its own weights "
+            f"vs {segments['nested_mae_global'][label]:.4f} with the global ones"
+            for label in sorted(segments["nested_mae_global"]))
+        section.paragraphs.append(
+            f"Segments by {segments['by']}: {detail}. Own weights kept for "
+            f"{', '.join(segments['kept']) or 'no segment'} (the heat-map shows the global weights).")
     if (blend.dir / "weights.png").exists():
         shutil.copyfile(blend.dir / "weights.png", out / "blend_weights.png")
         section.figures.append(("blend_weights.png", "blend weights per model and target"))

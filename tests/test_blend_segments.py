@@ -149,4 +149,8 @@ def test_blend_command_with_scene_size_segments(tmp_path):
     assert seg["kept"] == sorted(k for k in seg["nested_mae_global"]
                                  if seg["nested_mae_segment"][k] < seg["nested_mae_global"][k])
     assert sorted(read_json(blend_dir / "weights.json")["segment_weights"]) == seg["kept"]
+    assert cli_main(["report", *exp.cli_args("blend.segments.by=scene_size", "blend.segments.min_rows=5",
+                                             "report.overlay_rows=0")]) == 0
+    html = (exp.cfg.experiment_dir / "report" / "index.html").read_text()
+    assert "Segments by scene_size" in html and f"kept for {', '.join(seg['kept']) or 'no segment'}" in html
     assert cli_main(["blend", *exp.cli_args("blend.segments.by=nope")]) == 2
