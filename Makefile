@@ -16,7 +16,8 @@ DEMO_DATA  := data/demo
 DATA       ?= $(DEMO_DATA)
 EXP        ?= demo
 CONFIG     ?= configs/demo.yaml
-LEARNER    ?= lightgbm
+# Empty: every learner of the config's stage2.learners (the demo: lightgbm, xgboost, catboost).
+LEARNER    ?=
 NPROC      ?= 1
 BENCH      ?=
 ARGS       ?=
@@ -26,13 +27,15 @@ DEMO_SEED  ?= 0
 
 COMMON = --config $(CONFIG) --data $(DATA) --exp $(EXP) $(ARGS)
 
-.PHONY: help setup demo-data full-data validate cache vlm folds stage1 stage2 blend report all test bench lint clean
+.PHONY: help setup demo-data full-data validate cache vlm folds stage1 stage2 blend report stage1-value all test bench lint clean
 
 help:
 	@echo "make stage1 stage2 blend   full pipeline on the demo data (DATA=... for your own)"
+	@echo "make stage1-value          each stage-1 run's stage-2 and blend CV without it (report)"
 	@echo "make test                  test suite (CPU, offline)"
 	@echo "make bench | lint | clean  benchmarks into README | ruff | remove outputs"
 	@echo "variables: DATA EXP CONFIG LEARNER NPROC ARGS='key=value ...'"
+	@echo "  LEARNER=xgboost (or a,b) runs those stage-2 learners; empty: the config's stage2.learners"
 
 setup: $(STAMP)
 
@@ -86,12 +89,18 @@ stage1: $(STAMP) $(DATA_DEP)
 
 # stage 2 reads stage 1's OOF features; `make stage2 -o stage1` skips that when they are off.
 stage2: stage1
-	$(TRAJSTACK) stage2 $(COMMON) --learner $(LEARNER)
+	$(TRAJSTACK) stage2 $(COMMON) $(if $(LEARNER),--learner $(LEARNER),)
 
 blend: stage2
 	$(TRAJSTACK) blend $(COMMON)
 
 report: $(STAMP) $(DATA_DEP)
+	$(TRAJSTACK) report $(COMMON)
+
+# Each stage-1 run's value after stacking: stage 2 refit without each stage-1 run in turn
+# (stage2/<learner>-without-<run>/), then the report's table "Stage-1 runs after stacking".
+stage1-value: blend
+	$(TRAJSTACK) stage2 $(COMMON) $(if $(LEARNER),--learner $(LEARNER),) --without-stage1 all
 	$(TRAJSTACK) report $(COMMON)
 
 all: stage1 stage2 blend

@@ -85,13 +85,21 @@ def collect(cfg: Config) -> dict[str, Any]:
     """Figures of a finished experiment, read from its artifacts (and the oracle, if any)."""
     from ensembling.oracle import test_score
     from ensembling.report import finished_blend
+    from stage2_gbdt.without_stage1 import WITHOUT_KEY
 
+    spec = cfg.dataset
+    test_ids = read_table(cfg.data_dir, spec, "test")[spec.id_column].to_numpy(str)
     runs = []
     for run in ArtifactStore(cfg.experiment_dir).finished_runs():
-        if run.meta.get("stage") == "blend":
-            continue
-        runs.append({"stage": run.meta["stage"], "run": run.meta["run"],
-                     "wall_time_s": run.meta.get("wall_time_s")})
+        if run.meta.get("stage") == "blend" or WITHOUT_KEY in run.meta:
+            continue  # the blend's own inputs only (not the stage-1 value runs)
+        entry = {"stage": run.meta["stage"], "run": run.meta["run"],
+                 "wall_time_s": run.meta.get("wall_time_s")}
+        predictions = run.test().set_index(spec.id_column).loc[test_ids, spec.target_columns]
+        # Quoted only, like the blend's: nothing is chosen on the oracle's test labels.
+        score = test_score(cfg.data_dir, test_ids, predictions.to_numpy(float), spec)
+        entry["test_mae"] = score["mae"] if score else None
+        runs.append(entry)
     result: dict[str, Any] = {"experiment": cfg.experiment, "data_dir": cfg.data_dir, "runs": runs}
     blend = finished_blend(cfg)
     if blend is None:
@@ -102,11 +110,9 @@ def collect(cfg: Config) -> dict[str, Any]:
     result["blend"] = {"run": blend.name, "cv_mae_nested": scores["mae_report"]["mae"],
                        "cv_mae_in_sample": scores["in_sample_mae_report"]["mae"],
                        "wall_time_s": blend.meta.get("wall_time_s")}
-    spec = cfg.dataset
     submission = cfg.experiment_dir / cfg.blend.submission_file
     if submission.exists():
-        ids = read_table(cfg.data_dir, spec, "test")[spec.id_column].to_numpy(str)
-        score = test_score(cfg.data_dir, ids, pd.read_csv(submission).to_numpy(float), spec)
+        score = test_score(cfg.data_dir, test_ids, pd.read_csv(submission).to_numpy(float), spec)
         if score is not None:
             result["test"] = {"mae": score["mae"], "floor_mae": score["floor_mae"],
                               "ratio_to_floor": score["ratio_to_floor"]}
@@ -123,7 +129,7 @@ def run(config: str, data: str, exp: str, learners: list[str] | None = None,
     in-sample CV MAE), ``test`` (MAE, floor, ratio; only with an oracle), ``command_wall_s``
     (seconds per stage command this call, empty with `execute` False) and ``machine``.
     """
-    learners = learners or ["lightgbm"]
+    learners = learners or []  # none: the config's stage2.learners
     overrides = [a for a in (extra or []) if "=" in a and not a.startswith("-")]
     cfg = load_config(config, [*overrides, f"data_dir={data}", f"experiment={exp}"])
     times = run_stages(stage_commands(config, data, exp, learners, extra or [])) if execute else {}
@@ -137,17 +143,25 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def to_markdown(result: dict[str, Any]) -> str:
     """The README table: one row per run and per blend score, then test and machine lines."""
     times = result.get("command_wall_s", {})
-    lines = ["| stage | run | CV MAE (OOF) | wall time (s) |", "|---|---|---|---|"]
+    test = result.get("test")
+    lines = ["| stage | run | CV MAE (OOF) | test MAE | wall time (s) |", "|---|---|---|---|---|"]
     for entry in sorted(result["runs"], key=lambda e: (e["stage"], e["run"])):
         lines.append(f"| {entry['stage']} | {entry['run']} | {_fmt(entry.get('cv_mae'))} | "
-                     f"{_fmt(entry.get('wall_time_s'), 1)} |")
+                     f"{_fmt(entry.get('test_mae'))} | {_fmt(entry.get('wall_time_s'), 1)} |")
     blend = result.get("blend")
     if blend:
         lines.append(f"| blend | {blend['run']} nested | {_fmt(blend['cv_mae_nested'])} | "
-                     f"{_fmt(blend.get('wall_time_s'), 1)} |")
-        lines.append(f"| blend | {blend['run']} in-sample | {_fmt(blend['cv_mae_in_sample'])} | |")
+                     f"{_fmt(test['mae'] if test else None)} | {_fmt(blend.get('wall_time_s'), 1)} |")
+        lines.append(f"| blend | {blend['run']} in-sample | {_fmt(blend['cv_mae_in_sample'])} | | |")
     notes = []
-    test = result.get("test")
+    scored = [e for e in result["runs"] if e.get("cv_mae") is not None]
+    if blend and scored:
+        best = min(scored, key=lambda e: e["cv_mae"])
+        gain = (f"Blend nested CV = **{blend['cv_mae_nested'] / best['cv_mae']:.3f}** x the best "
+                f"single model's ({best['stage']}/{best['run']}, CV {_fmt(best['cv_mae'])})")
+        if test and best.get("test_mae"):
+            gain += f"; test {test['mae'] / best['test_mae']:.3f} x its test MAE"
+        notes.append(gain + ".")
     if test:
         notes.append(f"Test MAE {_fmt(test['mae'])}, oracle floor {_fmt(test['floor_mae'])}, "
                      f"ratio **{_fmt(test['ratio_to_floor'], 3)}** x floor.")

@@ -70,8 +70,18 @@ def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _blend(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_blend
+
+    result = bench_blend.run(args.config, args.data, args.exp)
+    result["markdown"] = bench_blend.to_markdown(result)
+    return result
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "pipeline": ("`make stage1 stage2 blend` on the demo data", _pipeline),
+    # After the pipeline: it refits blend weights on its runs (seconds).
+    "blend": ("every single model and blend variant, nested CV and test", _blend),
     "cache": ("image cache: build and loader speed", _cache),
     "drivesim": ("drivesim generation speed", _drivesim),
     "stage1": ("stage-1 training and loader speed (CPU)", _stage1),

@@ -16,6 +16,7 @@ from ensembling.config import BlendConfig
 from ensembling.fitting import BlendFit, fit_blend
 from ensembling.inputs import BLEND, BlendInputs, load_inputs
 from ensembling.optimizers import OPTIMIZERS
+from ensembling.segments import SEGMENTERS, segment_labels
 from ensembling.submission import check_submission, write_submission
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore, Run
 from trajstack.config import Config, ConfigError
@@ -66,11 +67,25 @@ def run_blend(cfg: Config, force: bool = False) -> tuple[Run, BlendInputs]:
     run.begin(force=True)
     logger.info(f"blend: fitting '{cfg.blend.optimizer}' weights on {len(inputs.names)} runs: "
                 f"{', '.join(inputs.names)}")
+    segment, segment_test = blend_segments(cfg, inputs)
     fit = fit_blend(inputs.oof, inputs.y, inputs.fold, inputs.test, cfg.blend.optimizer,
-                    optimizer_params(cfg.blend), nested=cfg.blend.nested)
+                    optimizer_params(cfg.blend), nested=cfg.blend.nested, segment=segment,
+                    segment_test=segment_test, min_segment_rows=cfg.blend.segments.min_rows)
     scores = write_blend_artifacts(run, cfg, inputs, fit)
     run.finish(scores=scores)
     return run, inputs
+
+
+def blend_segments(cfg: Config, inputs: BlendInputs) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Segment label of every train and test row by `blend.segments` (None, None when off)."""
+    seg = cfg.blend.segments
+    if seg.by is None:
+        return None, None
+    if seg.by not in SEGMENTERS:
+        raise ConfigError(f"blend.segments.by={seg.by!r} is not a segmentation; choose one of "
+                          f"{SEGMENTERS.keys()} or null")
+    return (segment_labels(seg.by, inputs.train_ids, cfg.dataset, seg.edges),
+            segment_labels(seg.by, inputs.test_ids, cfg.dataset, seg.edges))
 
 
 def write_blend_artifacts(run: Run, cfg: Config, inputs: BlendInputs, fit: BlendFit) -> dict[str, Any]:
@@ -87,12 +102,20 @@ def write_blend_artifacts(run: Run, cfg: Config, inputs: BlendInputs, fit: Blend
         "runs": {name: mae_report(inputs.y, inputs.oof[i], spec)
                  for i, name in enumerate(inputs.names)},
     }
+    if fit.segments is not None:
+        choice = fit.segments
+        scores["segments"] = {
+            "by": cfg.blend.segments.by, "kept": sorted(k for k, v in choice.keep.items() if v),
+            "nested_mae_global": choice.mae_global, "nested_mae_segment": choice.mae_segment,
+            "kept_per_fold": {str(k): v for k, v in fit.fold_segments.items()}}
     run.write_json("weights.json", {
         "optimizer": cfg.blend.optimizer, "params": optimizer_params(cfg.blend),
         "models": inputs.names, "targets": targets,
         "weights": _weight_table(fit.weights, inputs.names, targets),
         "fold_weights": {str(k): _weight_table(w, inputs.names, targets)
                          for k, w in fit.fold_weights.items()},
+        "segment_weights": {label: _weight_table(w, inputs.names, targets)
+                            for label, w in fit.segment_weights.items()},
     })
     run.write_json("scores.json", scores)
     plot_weight_heatmap(fit.weights, inputs.names, targets, run.path("weights.png"),

@@ -21,6 +21,16 @@ class CaruanaConfig(StrictModel):
     use_best: bool = True
 
 
+class SegmentConfig(StrictModel):
+    # Segmentation of the rows, a key of `ensembling.segments.SEGMENTERS` (scene_size: rows in
+    # the row's scene); None: one set of weights for all rows.
+    by: str | None = None
+    # Inclusive upper bounds of every segment but the last: [2] gives scenes of 1-2 rows and 3+.
+    edges: list[int] = [2]
+    # A segment gets its own weights only with at least this many training rows in every fold.
+    min_rows: int = Field(50, ge=1)
+
+
 class BlendConfig(StrictModel):
     # Weight optimiser, a key of `ensembling.optimizers.OPTIMIZERS`: lp | caruana | mean.
     optimizer: str = "lp"
@@ -34,6 +44,9 @@ class BlendConfig(StrictModel):
     # Written to outputs/<exp>/<submission_file>.
     submission_file: str = "submission.csv"
     caruana: CaruanaConfig = CaruanaConfig()
+    # Weights per segment (e.g. scene size), each kept only where it beats the global weights
+    # in a nested comparison; the nested blend score makes that choice on inner folds.
+    segments: SegmentConfig = SegmentConfig()
 
     @property
     def run_name(self) -> str:

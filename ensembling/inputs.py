@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from stage2_gbdt.without_stage1 import WITHOUT_KEY
 from trajstack.artifacts import (
     OOF_FILE,
     PREDICTION_FILES,
@@ -67,8 +68,10 @@ class BlendInputs:
 def select_runs(store: ArtifactStore, wanted: list[str] | None) -> list[RunResult]:
     """The finished runs to blend: `wanted` ("stage/run" names) or all outside the blend stage."""
     # Only model runs: other stages (e.g. a feature cache) keep no prediction tables.
+    # A stage-2 run fitted without a stage-1 run (for the report) only when named.
     available = {r.name: r for r in store.finished_runs()
-                 if r.meta.get("stage") != BLEND_STAGE and _has_predictions(r)}
+                 if r.meta.get("stage") != BLEND_STAGE and _has_predictions(r)
+                 and (WITHOUT_KEY not in r.meta or (wanted is not None and r.name in wanted))}
     left_out = set()
     for name, run in list(available.items()):
         if wanted is not None and name not in wanted:

@@ -10,6 +10,7 @@ except in `main`, after the blend is final).
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import shutil
 from pathlib import Path
@@ -22,9 +23,12 @@ from ensembling import plots
 from ensembling.inputs import BLEND_STAGE, BlendInputs, load_inputs
 from ensembling.overlays import plot_overlays
 from ensembling.report_html import Section, render, score_table
+from ensembling.stage1_value import COMMAND as STAGE1_VALUE_COMMAND
+from ensembling.stage1_value import stage1_values, value_table_rows
+from stage2_gbdt.without_stage1 import WITHOUT_KEY
 from trajstack.artifacts import ArtifactStore, RunResult
 from trajstack.config import Config
-from trajstack.folds import ensure_folds
+from trajstack.folds import Folds, ensure_folds
 from trajstack.io import data_hash, read_json, write_json_atomic, write_text_atomic
 from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
@@ -33,7 +37,7 @@ from trajstack.tables import read_table
 logger = get_logger(__name__)
 
 REPORT_DIR = "report"
-REPORT_VERSION = 1  # bump when the report's content changes, so finished reports are redone
+REPORT_VERSION = 2  # bump when the report's content changes, so finished reports are redone
 
 
 def finished_blend(cfg: Config) -> RunResult | None:
@@ -48,11 +52,14 @@ def finished_blend(cfg: Config) -> RunResult | None:
 def build_report(cfg: Config, test_score: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Write the report and return the path of index.html; skipped when nothing changed."""
     out = cfg.experiment_dir / REPORT_DIR
-    inputs = load_inputs(cfg, ArtifactStore(cfg.experiment_dir), ensure_folds(cfg))
+    folds = ensure_folds(cfg)
+    store = ArtifactStore(cfg.experiment_dir)
+    inputs = load_inputs(cfg, store, folds)
     blend = finished_blend(cfg)
+    without = [r.meta.get("signature") for r in store.finished_runs() if WITHOUT_KEY in r.meta]
     signature = data_hash({
         "version": REPORT_VERSION, "report": cfg.report.model_dump(mode="json"),
-        "runs": [r.meta.get("signature") for r in inputs.runs],
+        "runs": [r.meta.get("signature") for r in inputs.runs], "without_stage1": without,
         "blend": blend.meta.get("signature") if blend else None,
         "test": test_score and test_score.get("mae"),
     })
@@ -63,6 +70,7 @@ def build_report(cfg: Config, test_score: dict[str, Any] | None = None, force: b
         return index
     out.mkdir(parents=True, exist_ok=True)
     sections = _sections(cfg, inputs, blend, test_score, out)
+    sections.insert(2 if blend is not None else 1, _stage1_value_section(cfg, folds))
     subtitle = (f"experiment {cfg.experiment} · data {cfg.data_dir} · {len(inputs.y)} train rows · "
                 f"{len(np.unique(inputs.fold))} folds · written {dt.datetime.now():%Y-%m-%d %H:%M}")
     write_text_atomic(index, render(f"trajstack report: {cfg.experiment}", subtitle, sections))
@@ -130,11 +138,43 @@ def _scores_section(reports: dict[str, dict[str, Any]], blend: RunResult | None,
     return section
 
 
+def _stage1_value_section(cfg: Config, folds: Folds) -> Section:
+    section = Section("Stage-1 runs after stacking")
+    values = stage1_values(cfg, folds)
+    if not values:
+        section.paragraphs.append("Stage 2 reads no stage-1 run (features.stage1 is off or none "
+                                  "has finished).")
+        return section
+    section.paragraphs.append(
+        "Each stage-1 run's CV MAE alone, then stage 2 and the blend with all stage-1 runs and "
+        "without this one (its features and its predictions left out; gain = without - with, "
+        "positive: the run helps). Blends are refit here, nested, on the same learners on both "
+        "sides. Choose stage-1 runs by the stacked gain, not by their CV alone.")
+    if not any(v.stage2_without for v in values):
+        section.paragraphs.append(
+            f"No stage-2 run without a stage-1 run yet: `{STAGE1_VALUE_COMMAND}` (make "
+            "stage1-value) fits them (one stage 2 per stage-1 run; --learner KEY for fewer).")
+    header, rows = value_table_rows(values)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    section.tables.append(f"<table><tr>{head}</tr>{body}</table>")
+    return section
+
+
 def _weights_section(blend: RunResult, out: Path) -> Section:
     weights = read_json(blend.dir / "weights.json")
     section = Section(f"Blend weights ({weights['optimizer']})")
     section.paragraphs.append("Final weights, fit on all OOF rows and applied to the test "
                               "predictions; each target's weights are >= 0 and sum to 1.")
+    segments = blend.meta["scores"].get("segments")
+    if segments:
+        detail = "; ".join(
+            f"{label}: nested MAE {segments['nested_mae_segment'][label]:.4f} with its own weights "
+            f"vs {segments['nested_mae_global'][label]:.4f} with the global ones"
+            for label in sorted(segments["nested_mae_global"]))
+        section.paragraphs.append(
+            f"Segments by {segments['by']}: {detail}. Own weights kept for "
+            f"{', '.join(segments['kept']) or 'no segment'} (the heat-map shows the global weights).")
     if (blend.dir / "weights.png").exists():
         shutil.copyfile(blend.dir / "weights.png", out / "blend_weights.png")
         section.figures.append(("blend_weights.png", "blend weights per model and target"))

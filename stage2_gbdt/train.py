@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,12 @@ from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
 from stage2_gbdt.params import STAGE, learner_params, run_config
 from stage2_gbdt.resume import FitStore
+from stage2_gbdt.without_stage1 import (
+    WITHOUT_KEY,
+    config_without,
+    resolve_left_out,
+    without_run_name,
+)
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
 from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
@@ -114,23 +120,33 @@ def prediction_frames(data: Stage2Data, result: CVResult) -> tuple[pd.DataFrame,
     return (oof.sort_values(id_col, ignore_index=True), test.sort_values(id_col, ignore_index=True))
 
 
-def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = logger.info) -> Path:
-    """Run (or skip, when done with the same config and inputs) learner `key`; its run folder."""
+def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = logger.info,
+                  without_stage1: str | None = None) -> Path:
+    """Run (or skip, when done with the same config and inputs) learner `key`; its run folder.
+
+    With `without_stage1` (a stage-1 run name, `data` prepared from `config_without`), the run
+    is `<key>-without-<name>`, marked so that the blend leaves it out unless named.
+    """
     cfg = data.cfg
     spec = cfg.dataset
     params = learner_params(cfg, key)
+    stage, name, extra = STAGE, key, {}
+    if without_stage1 is not None:
+        name = without_run_name(key, without_stage1)
+        stage = replace(STAGE, rebuild=f"trajstack stage2 --learner {key} --without-stage1 {without_stage1}")
+        extra = {WITHOUT_KEY: without_stage1}
     run = ArtifactStore(cfg.experiment_dir).run(
-        STAGE, key, run_config(cfg, key, params),
+        stage, name, run_config(cfg, key, params),
         inputs={"features": data.features.hash, "labels": table_hash(data.labels),
                 **data.features.upstream},
         fold_hash=data.folds.hash)
     if run.is_done() and not force:
-        log(f"stage2 {key}: done already ({run.dir}); --force to refit")
+        log(f"stage2 {name}: done already ({run.dir}); --force to refit")
         return run.dir
     previous = run.read_meta()
     if (not force and previous and previous.get("status") == "done"
             and previous.get("config_hash") == run.config_hash):
-        log(f"stage2 {key}: its inputs changed since {run.dir} was made; refitting")
+        log(f"stage2 {name}: its inputs changed since {run.dir} was made; refitting")
     run.begin(force=force)
     ft = data.features
     run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
@@ -152,8 +168,8 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
         "best_iteration_mean": float(np.nanmean(result.best_iterations.to_numpy(float))),
         "n_features": len(ft.feature_columns)}
     run.log(f"{key}: CV MAE {scores['mae']:.5f}")
-    run.finish(scores=scores, learner=key)
-    log(f"stage2 {key}: CV MAE {scores['mae']:.5f} -> {run.dir}")
+    run.finish(scores=scores, learner=key, **extra)
+    log(f"stage2 {name}: CV MAE {scores['mae']:.5f} -> {run.dir}")
     return run.dir
 
 
@@ -167,10 +183,20 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(LEARNERS.keys())} (default: stage2.learners)")
     parser.add_argument("--force", action="store_true",
                         help="refit even when a finished run matches (older runs are moved aside)")
+    parser.add_argument("--without-stage1", action="append", metavar="RUN",
+                        help="instead, fit the learners without stage-1 run RUN's features "
+                             "(repeatable; `all`: each stage-1 run in turn), into "
+                             "stage2/<learner>-without-<RUN>/ for the report's stage-1 value table")
     # Overrides may come before and after options (the Makefile puts ARGS before --learner).
     args = parser.parse_intermixed_args(argv)
     cfg = config_from_args(args)
     keys = parse_learners(args.learner, cfg)
+    if args.without_stage1:
+        for left_out in resolve_left_out(args.without_stage1, cfg):
+            data = prepare(config_without(cfg, left_out))
+            for key in keys:
+                train_learner(data, key, force=args.force, without_stage1=left_out)
+        return 0
     data = prepare(cfg)
     for key in keys:
         train_learner(data, key, force=args.force)

@@ -1,5 +1,6 @@
 """README benchmark tables: the marker-block writer and the pipeline table from artifacts."""
 
+import pandas as pd
 import pytest
 from test_blend_fixtures import make_experiment, write_all_models
 
@@ -34,3 +35,22 @@ def test_pipeline_table_from_a_finished_experiment(tmp_path):
     table = to_markdown(result)
     assert "| stage2 | lightgbm |" in table and "blend/lp nested" in table
     assert "cores" in table and "blend 1.5" in table
+    assert all(r["test_mae"] is None for r in result["runs"])  # no oracle yet
+
+
+def test_pipeline_table_quotes_every_model_on_an_oracle(tmp_path):
+    exp = make_experiment(tmp_path, extra_overrides=["report.enabled=false"])
+    write_all_models(exp)
+    spec = exp.cfg.dataset
+    ids = pd.read_csv(exp.data_dir / "test_features.csv", dtype=str)[spec.id_column]
+    (exp.data_dir / "oracle").mkdir()
+    pd.DataFrame({spec.id_column: ids, **{t: 0.0 for t in spec.target_columns}}).to_csv(
+        exp.data_dir / "oracle" / "test_labels.csv", index=False)
+    assert cli_main(["blend", *exp.cli_args()]) == 0
+    result = {**collect(exp.cfg), "machine": machine_info()}
+    for entry in result["runs"]:
+        run = exp.store.load(exp.cfg.experiment_dir / entry["stage"] / entry["run"])
+        expected = run.test()[spec.target_columns].abs().to_numpy().mean()
+        assert entry["test_mae"] == pytest.approx(expected)
+    best = min(result["runs"], key=lambda r: r["cv_mae"])
+    assert f"test {result['test']['mae'] / best['test_mae']:.3f} x its test MAE" in to_markdown(result)
