@@ -264,3 +264,54 @@ def test_next_row_telemetry_targets_are_the_next_row_of_the_same_scene():
     std = encoder.std[list(SPEC.telemetry).index("steeringAngleDeg")]
     np.testing.assert_allclose(flipped["next_telemetry"][:-1, steer] * std + mean,
                                -(plain["next_telemetry"][:-1, steer] * std + mean), rtol=1e-5, atol=1e-5)
+
+
+class _Recorder(nn.Module):
+    """A stand-in net: records what the training step feeds it; main = a linear map of telemetry."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(5, N_TARGETS)
+        self.register_buffer("main_scale", torch.ones(N_TARGETS))
+        self.register_buffer("aux_scale", torch.ones(27))
+        self.seen: list[dict] = []
+
+    def forward(self, images, telemetry, mask, extra=None, baseline=None, baseline_aux=None, mix=None):
+        self.seen.append({"telemetry": telemetry.clone(), "baseline": baseline.clone(), "mix": mix})
+        return {"main": self.head(telemetry[mask]) + baseline[mask]}
+
+
+@pytest.mark.parametrize("kind", ["input", "manifold", "off"])
+def test_training_step_applies_the_mixup_it_draws(kind, monkeypatch):
+    import stage1_nn.mixup as mixup_module
+    from stage1_nn.config import Stage1Config
+    from stage1_nn.distributed import DistEnv
+    from stage1_nn.engine import train_one_epoch
+
+    plans = []
+    draw = mixup_module.draw_plan
+    monkeypatch.setattr(mixup_module, "draw_plan", lambda *a, **k: plans.append(draw(*a, **k)) or plans[-1])
+    cfg = Stage1Config(progress=False, loss={"aux": False},
+                       mixup={"p": float(kind == "input"), "manifold_p": float(kind == "manifold")})
+    torch.manual_seed(0)
+    model, batch = _Recorder(), _padded_batch(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    train_one_epoch(model, [batch], optimizer, scheduler, None, cfg, DistEnv(), None, 0, "test")
+    seen, mask = model.seen[0], batch["mask"]
+    if kind == "off":
+        assert not plans and seen["mix"] is None
+        assert torch.equal(seen["telemetry"], batch["telemetry"]) and torch.equal(seen["baseline"], batch["baseline"])
+        return
+    (plan,) = plans
+    both = mask & mask[plan.perm]
+    assert both.any() and ((plan.lam[both] > 0) & (plan.lam[both] < 1)).all()
+    # the baseline the net adds back is mixed in both kinds: mixed baseline + mixed residual = mixed target
+    torch.testing.assert_close(seen["baseline"], plan.mix(batch["baseline"]))
+    if kind == "input":  # the net saw telemetry mixed by the same plan, and no plan of its own
+        assert seen["mix"] is None
+        torch.testing.assert_close(seen["telemetry"], plan.mix(batch["telemetry"]))
+        assert not torch.equal(seen["telemetry"], batch["telemetry"])
+    else:  # manifold: inputs untouched, the net got the plan to mix its fused features by
+        assert seen["mix"] is plan or torch.equal(seen["mix"].lam, plan.lam)
+        assert torch.equal(seen["telemetry"], batch["telemetry"])
