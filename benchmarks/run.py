@@ -56,6 +56,12 @@ def _stage2(args: argparse.Namespace) -> dict[str, Any]:
     return bench_stage2.run(data_dir=args.data, full_data_dir=args.full_data, config=args.config)
 
 
+def _toolbox(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_toolbox
+
+    return bench_toolbox.run(args.config, args.data, args.exp)
+
+
 def _vlm(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_vlm
 
@@ -86,6 +92,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
     "drivesim": ("drivesim generation speed", _drivesim),
     "stage1": ("stage-1 training and loader speed (CPU)", _stage1),
     "stage2": ("stage-2 wall time, 18 targets x 5 folds per learner", _stage2),
+    "toolbox": ("stage-1 toolbox ablation, fold 0, each switch on vs off", _toolbox),
     "vlm": ("VLM extractor speed, tiny random Qwen2-VL (CPU)", _vlm),
     # Last: it reuses the pipeline's runs, and it stops with a message on data without
     # oracle/camera_state.csv (drivesim v1) after the others have written their tables.

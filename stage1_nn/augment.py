@@ -39,15 +39,18 @@ class FlipRules:
         return cls(negate, swap, np.asarray(spec.flip_target_sign, dtype=np.float32))
 
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A flipped copy of a raw sample: images (T, F, H, W, C), telemetry (T, n), targets and
-        baseline (T, m)."""
+        """A flipped copy of a raw sample: images (T, F, H, W, C), telemetry and next-row
+        telemetry (T, n), targets and baseline (T, m)."""
         out = dict(sample)
         out["images"] = sample["images"][..., ::-1, :]  # mirror the width axis
-        tele = sample["telemetry"].copy()
-        tele[:, self.negate] = -tele[:, self.negate]
-        for a, b in self.swap:
-            tele[:, [a, b]] = tele[:, [b, a]]
-        out["telemetry"] = tele
+        for key in ("telemetry", "next_telemetry"):  # the next row's telemetry mirrors like the row's
+            if key not in sample:
+                continue
+            tele = sample[key].copy()
+            tele[:, self.negate] = -tele[:, self.negate]
+            for a, b in self.swap:
+                tele[:, [a, b]] = tele[:, [b, a]]
+            out[key] = tele
         for key in ("targets", "baseline"):  # the physics baseline mirrors like the targets
             if key in sample:
                 out[key] = sample[key] * self.target_sign

@@ -52,6 +52,14 @@ class ModelConfig(StrictModel):
     # this (2: a 64x128 frame keeps twice the resolution in every stage, about 4x the compute).
     # Pretrained weights still load: only the stride changes, not the kernel.
     stem_stride_divisor: int = Field(1, ge=1)
+    # Pixel normalisation: imagenet (the backbone's pretrained statistics, ImageNet's for most
+    # timm models), dataset (per frame-channel mean/std of the fold's training rows only, saved
+    # with the weights) or sequence (each row's own frames: per-colour mean/std over its frames).
+    pixel_norm: Literal["imagenet", "dataset", "sequence"] = "imagenet"
+    # positions: the main head predicts each horizon's position. displacements: it predicts the
+    # step between consecutive horizons (the first from the origin) and the positions are their
+    # running sum.
+    output: Literal["positions", "displacements"] = "positions"
     telemetry: TelemetryInputConfig = TelemetryInputConfig()
     vlm: VlmInputConfig = VlmInputConfig()
     lstm: LstmConfig = LstmConfig()
@@ -65,6 +73,12 @@ class LossConfig(StrictModel):
     aux_beta: float = 1.0
     # Scale targets by their training-fold mean/std inside the model (outputs stay in metres).
     normalize_targets: bool = False
+    # Mean |third divided difference| of the predicted path per axis (m/s^3): 0 on any
+    # constant-acceleration path, so it penalises only jerky, physically implausible ones.
+    jerk_weight: float = Field(0.0, ge=0)
+    # Aux head for the next row of the scene's telemetry (float and bool columns, encoded as
+    # the inputs are); rows with no next row, or a missing value, are left out. 0: no head.
+    next_telemetry_weight: float = Field(0.0, ge=0)
 
 
 class SamConfig(StrictModel):
@@ -123,6 +137,24 @@ class AugmentConfig(StrictModel):
     scale_limit: float = Field(0.05, ge=0, lt=1)
 
 
+class MixupConfig(StrictModel):
+    # Mixup for regression: with probability `p` a batch is mixed with a permutation of itself
+    # (scene mode: scene with scene, row k with row k; rows without a partner stay as they are)
+    # by lambda ~ Beta(alpha, alpha): frames, telemetry, extra vector, physics baseline, targets
+    # and aux targets, all by the same lambda. `manifold_p`: the same, but on the fused features
+    # before the LSTM (the inputs stay as they are). A batch gets at most one of the two.
+    p: float = Field(0.0, ge=0, le=1)
+    manifold_p: float = Field(0.0, ge=0, le=1)
+    alpha: float = Field(0.4, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_per_batch(self) -> MixupConfig:
+        if self.p + self.manifold_p > 1:
+            raise ValueError(f"stage1.mixup.p + stage1.mixup.manifold_p = {self.p + self.manifold_p} > 1: "
+                             "a batch gets at most one kind of mixup")
+        return self
+
+
 class Stage1Config(StrictModel):
     name: str = "convnext_bilstm"  # run folder: outputs/<exp>/stage1/<name>/
     # scene: the rows of a scene as one padded sequence; row: every row on its own.
@@ -156,6 +188,7 @@ class Stage1Config(StrictModel):
     optim: OptimConfig = OptimConfig()
     ema: EmaConfig = EmaConfig()
     augment: AugmentConfig = AugmentConfig()
+    mixup: MixupConfig = MixupConfig()
     seed_offset: int = Field(0, description="added to the global seed (bagging)")
 
     @field_validator("select", mode="before")

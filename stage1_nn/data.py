@@ -90,6 +90,19 @@ class TelemetryEncoder:
         out.append(np.stack(flags, axis=1) if flags else np.zeros((len(raw), 0), np.float32))
         return np.concatenate(out, axis=1).astype(np.float32)
 
+    @property
+    def n_value_columns(self) -> int:
+        """Float and bool columns: the ones `values` returns (the next-row telemetry targets)."""
+        return sum(k != "category" for k in self.kinds)
+
+    def values(self, raw: np.ndarray) -> np.ndarray:
+        """(n, n_value_columns) float32: floats standardised, bools 0/1, as `transform` encodes
+        them, but NaN where the value is missing (a target to leave out, not to impute)."""
+        cols = [j for j, k in enumerate(self.kinds) if k != "category"]
+        mean = np.array([self.mean[j] if self.kinds[j] == "float" else 0.0 for j in cols])
+        std = np.array([self.std[j] if self.kinds[j] == "float" else 1.0 for j in cols])
+        return ((raw[:, cols] - mean) / std).astype(np.float32)
+
     def state_dict(self) -> dict[str, Any]:
         return {"kinds": self.kinds, "n_levels": self.n_levels, "mean": self.mean, "std": self.std}
 
@@ -136,6 +149,31 @@ def aux_sign(spec: DatasetSpec) -> np.ndarray:
     return np.array([-1.0 if a in neg else 1.0 for a in axes])
 
 
+def path_jerk(targets: Any, spec: DatasetSpec) -> Any:
+    """Third divided differences of a path per axis (m/s^3): (..., (horizons - 3) * axes).
+
+    The finite differences of the accelerations of `aux_targets` over their spacing, so they
+    are exactly 0 on any constant-acceleration path, evenly spaced horizons or not.
+    """
+    n_axes, n_h = len(spec.axes), spec.n_horizons
+    acc = aux_targets(targets, spec)[..., (n_h - 1) * n_axes:].reshape(*targets.shape[:-1], n_h - 2, n_axes)
+    t = np.asarray(spec.horizons_s, dtype=np.float32)
+    spacing = ((t[3:] + t[2:-1] - t[1:-2] - t[:-3]) / 4.0)[:, None]  # between acceleration points
+    if not isinstance(targets, np.ndarray):
+        spacing = torch.as_tensor(spacing, device=targets.device, dtype=targets.dtype)
+    jerk = (acc[..., 1:, :] - acc[..., :-1, :]) / spacing
+    return jerk.reshape(*targets.shape[:-1], -1)
+
+
+def displacements(targets: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """Per-interval displacements of positions (horizon-major, last axis): the first horizon's
+    from the origin, then each from the previous horizon; their running sum is `targets`."""
+    n_axes = len(spec.axes)
+    pos = targets.reshape(*targets.shape[:-1], spec.n_horizons, n_axes)
+    steps = np.diff(pos, axis=-2, prepend=np.zeros_like(pos[..., :1, :]))
+    return steps.reshape(targets.shape)
+
+
 # ----------------------------------------------------------------------------- sequences
 
 
@@ -148,6 +186,16 @@ def make_sequences(ids: Sequence[str] | np.ndarray, spec: DatasetSpec, mode: str
     sorted_scenes = scenes[order]
     starts = np.flatnonzero(np.r_[True, sorted_scenes[1:] != sorted_scenes[:-1]])
     return np.split(order, starts[1:])
+
+
+def next_row_index(ids: Sequence[str] | np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """For each row, the position in `ids` of the next row of its scene in time; -1 for a scene's last row."""
+    scenes, times = scene_and_time(list(ids), spec)
+    order = np.lexsort((times, scenes))
+    nxt = np.full(len(order), -1, dtype=np.int64)
+    same_scene = scenes[order][1:] == scenes[order][:-1]
+    nxt[order[:-1][same_scene]] = order[1:][same_scene]
+    return nxt
 
 
 def frame_indices(spec: DatasetSpec, frames: list[str] | None) -> np.ndarray:
@@ -197,6 +245,28 @@ def refuse_unflipped_extra(cfg: Config) -> None:
             "stage1.tta_flip=false to use the vectors, or drop the vectors to keep the flips")
 
 
+def pixel_statistics(images: np.ndarray, rows: np.ndarray, frames: np.ndarray, max_rows: int = 2000,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (0-255 scale) of every stacked channel (frame-major, as the net stacks them)
+    over `rows` of an image cache (rows, frames, H, W, C), from at most `max_rows` of them
+    (seeded sample). Pass the training fold's rows only: no scored row enters the statistics."""
+    rows = np.sort(np.asarray(rows))
+    if len(rows) == 0:
+        raise ValueError("pixel_statistics: no training rows to compute the statistics on")
+    if len(rows) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    total = np.zeros(len(frames) * images.shape[-1])
+    total_sq = np.zeros_like(total)
+    for start in range(0, len(rows), 256):
+        chunk = images[rows[start:start + 256]][:, frames].astype(np.float64)  # (n, F, H, W, C)
+        total += chunk.sum(axis=(0, 2, 3)).reshape(-1)
+        total_sq += (chunk ** 2).sum(axis=(0, 2, 3)).reshape(-1)
+    n = len(rows) * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1.0).astype(np.float32)
+
+
 def target_baseline(cfg: Config, table: pd.DataFrame) -> np.ndarray | None:
     """(rows, n_targets) float32 forecast the net learns the residual to (`stage1.baseline`), or None."""
     if cfg.stage1.baseline == "physics":
@@ -244,6 +314,8 @@ class SequenceDataset(Dataset):
     targets : (rows, n_targets) or None (test).
     extra : (rows, d) extra per-row vector or None.
     baseline : (rows, n_targets) forecast the net adds to its outputs (`stage1.baseline`) or None.
+    next_rows : (rows,) position of each row's next row in its scene, -1 for none (`next_row_index`);
+        given, items carry that row's telemetry as ``next_telemetry`` targets.
     flip : flip rules; applied with probability `flip_p` to a whole sequence.
     photometric : per-row photometric augmentation or None.
     seed : seed of the flip draws.
@@ -253,10 +325,12 @@ class SequenceDataset(Dataset):
                  encoder: TelemetryEncoder, spec: DatasetSpec, frames: np.ndarray,
                  targets: np.ndarray | None = None, extra: np.ndarray | None = None,
                  baseline: np.ndarray | None = None, flip: FlipRules | None = None, flip_p: float = 0.0,
-                 photometric: PhotometricAugment | None = None, seed: int = 0):
+                 photometric: PhotometricAugment | None = None, seed: int = 0,
+                 next_rows: np.ndarray | None = None):
         self.sequences, self.images, self.telemetry = sequences, images, telemetry
         self.encoder, self.spec, self.frames = encoder, spec, frames
         self.targets, self.extra, self.baseline = targets, extra, baseline
+        self.next_rows = next_rows
         self.flip, self.flip_p, self.photometric = flip, flip_p, photometric
         self.rng = np.random.default_rng(seed)
         self._all_frames = len(frames) == images.shape[1] and np.array_equal(frames, np.arange(len(frames)))
@@ -283,6 +357,9 @@ class SequenceDataset(Dataset):
             sample["targets"] = self.targets[rows].astype(np.float32)
         if self.baseline is not None:
             sample["baseline"] = self.baseline[rows].astype(np.float32)
+        if self.next_rows is not None:
+            nxt = self.next_rows[rows]
+            sample["next_telemetry"] = np.where((nxt >= 0)[:, None], self.telemetry[np.maximum(nxt, 0)], np.nan)
         if flipped and self.flip is not None:
             sample = self.flip(sample)
         return sample
@@ -310,6 +387,8 @@ class SequenceDataset(Dataset):
         if "targets" in sample:
             out["targets"] = sample["targets"]
             out["aux"] = aux_targets(sample["targets"], self.spec).astype(np.float32)
+        if "next_telemetry" in sample:
+            out["next_telemetry"] = self.encoder.values(sample["next_telemetry"])
         return out
 
 
@@ -322,7 +401,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "rows": torch.full((b, t), -1, dtype=torch.long),
         "flipped": torch.tensor([bool(item["flipped"]) for item in batch]),
     }
-    for key in ("images", "telemetry", "extra", "baseline", "baseline_aux", "targets", "aux"):
+    for key in ("images", "telemetry", "extra", "baseline", "baseline_aux", "targets", "aux", "next_telemetry"):
         if key not in batch[0]:
             continue
         first = batch[0][key]
@@ -346,6 +425,7 @@ class SplitArrays:
     targets: np.ndarray | None = None  # None: test rows
     extra: np.ndarray | None = None
     baseline: np.ndarray | None = None
+    next_rows: np.ndarray | None = None  # `next_row_index`, for the next-row telemetry targets
 
 
 def sequence_dataset(cfg: Config, arrays: SplitArrays, encoder: TelemetryEncoder, frames: np.ndarray,
@@ -373,4 +453,5 @@ def sequence_dataset(cfg: Config, arrays: SplitArrays, encoder: TelemetryEncoder
         seqs = seqs[shard[0]::shard[1]]
     return SequenceDataset(seqs, arrays.images, arrays.telemetry, encoder, spec, frames,
                            targets=arrays.targets, extra=arrays.extra, baseline=arrays.baseline,
-                           flip=flip, flip_p=flip_p, photometric=photometric, seed=seed)
+                           flip=flip, flip_p=flip_p, photometric=photometric, seed=seed,
+                           next_rows=arrays.next_rows)

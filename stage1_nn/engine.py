@@ -20,6 +20,7 @@ from .config import Stage1Config
 from .data import aux_sign, aux_targets
 from .distributed import DistEnv
 from .losses import stage1_loss
+from .mixup import MixPlan, choose_mixup, mix_batch
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -41,14 +42,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _loss_and_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
-                        inputs: dict[str, torch.Tensor | None], targets: torch.Tensor, aux: torch.Tensor,
-                        cfg: Stage1Config, core: nn.Module, env: DistEnv, amp_dtype: torch.dtype | None
+                        inputs: dict[str, torch.Tensor | None], labels: dict[str, torch.Tensor | None],
+                        cfg: Stage1Config, core: nn.Module, env: DistEnv, amp_dtype: torch.dtype | None,
+                        spec: DatasetSpec | None, mix: MixPlan | None
                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, float]]:
     """Forward, loss, backward and gradient clipping on one batch (SAM runs it twice a step)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(env.device, amp_dtype):
-        out = model(**inputs)
-    loss, parts = stage1_loss(out, targets, aux, cfg.loss, core.main_scale, core.aux_scale)
+        out = model(**inputs, **({"mix": mix} if mix is not None else {}))
+    loss, parts = stage1_loss(out, labels["targets"], labels["aux"], cfg.loss, core.main_scale, core.aux_scale,
+                              next_telemetry=labels["next_telemetry"], spec=spec)
     loss.backward()
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -57,8 +60,14 @@ def _loss_and_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, ema: Any, cfg: Stage1Config, env: DistEnv,
-                    amp_dtype: torch.dtype | None, step: int, desc: str) -> tuple[dict[str, float], int]:
-    """Train over `loader` once; returns (mean losses, train MAE, samples/s) and the new step count."""
+                    amp_dtype: torch.dtype | None, step: int, desc: str, spec: DatasetSpec | None = None
+                    ) -> tuple[dict[str, float], int]:
+    """Train over `loader` once; returns (mean losses, train MAE, samples/s) and the new step count.
+
+    `spec` (horizons and axes) is needed by the jerk loss only. With `cfg.mixup` on, a batch may
+    be mixed (inputs and labels) or carry a plan the net mixes its fused features by (manifold);
+    the train MAE is then measured against the mixed targets.
+    """
     model.train()
     core = unwrap(model)
     sums: dict[str, float] = {}
@@ -67,12 +76,17 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=not (cfg.progress and env.is_main))
     for batch in bar:
+        plan, kind = choose_mixup(cfg.mixup, batch["mask"])
+        if plan is not None:
+            batch = mix_batch(batch, plan, inputs=kind == "input")
         inputs = _inputs(batch, env.device)
         mask = inputs["mask"]
-        targets = batch["targets"].to(env.device)[mask]
-        aux = batch["aux"].to(env.device)[mask]
-        step_batch = functools.partial(_loss_and_gradients, model, optimizer, inputs, targets, aux,
-                                       cfg, core, env, amp_dtype)
+        labels = {k: batch[k].to(env.device)[mask] if k in batch else None
+                  for k in ("targets", "aux", "next_telemetry")}
+        targets = labels["targets"]
+        manifold = plan.to(env.device) if kind == "manifold" else None
+        step_batch = functools.partial(_loss_and_gradients, model, optimizer, inputs, labels,
+                                       cfg, core, env, amp_dtype, spec, manifold)
         out, loss, parts = step_batch()
         if getattr(optimizer, "needs_closure", False):
             optimizer.step(step_batch)  # SAM: a second pass at the perturbed weights

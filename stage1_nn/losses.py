@@ -1,4 +1,5 @@
-"""Stage-1 loss: L1 on the main head (the metric is MAE) + weighted SmoothL1 on the aux head.
+"""Stage-1 loss: L1 on the main head (the metric is MAE) + weighted SmoothL1 on the aux head,
+optionally + a jerk penalty on the predicted path and SmoothL1 on the next row's telemetry.
 
 Outputs and targets arrive flat over real rows (padding already dropped by the mask), so only
 missing target values need masking. With per-target normalisation the errors are divided by
@@ -10,7 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trajstack.spec import DatasetSpec
+
 from .config import LossConfig
+from .data import path_jerk
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -21,7 +25,8 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.Tensor | None,
                 cfg: LossConfig, main_scale: torch.Tensor | None = None,
-                aux_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                aux_scale: torch.Tensor | None = None, next_telemetry: torch.Tensor | None = None,
+                spec: DatasetSpec | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for logging.
 
     Parameters
@@ -30,6 +35,8 @@ def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.
     targets, aux : flat targets over real rows; NaN values are left out.
     cfg : the `stage1.loss` section.
     main_scale, aux_scale : per-target divisors when `cfg.normalize_targets`.
+    next_telemetry : flat next-row telemetry targets (NaN: left out), for `cfg.next_telemetry_weight`.
+    spec : dataset spec (horizons and axes), needed for `cfg.jerk_weight`.
     """
     valid = torch.isfinite(targets)
     diff = out["main"] - torch.nan_to_num(targets)
@@ -46,5 +53,16 @@ def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.
         aux_loss = masked_mean(F.smooth_l1_loss(pred, true, beta=cfg.aux_beta, reduction="none"), valid_aux)
         parts["loss_aux"] = float(aux_loss.detach())
         total = total + cfg.aux_weight * aux_loss
+    if cfg.jerk_weight > 0:
+        if spec is None:
+            raise ValueError("stage1.loss.jerk_weight > 0 needs the dataset spec (horizons and axes)")
+        jerk = path_jerk(out["main"], spec).abs().mean()
+        parts["loss_jerk"] = float(jerk.detach())
+        total = total + cfg.jerk_weight * jerk
+    if cfg.next_telemetry_weight > 0 and "next" in out and next_telemetry is not None:
+        next_loss = masked_mean(F.smooth_l1_loss(out["next"], torch.nan_to_num(next_telemetry), reduction="none"),
+                                torch.isfinite(next_telemetry))
+        parts["loss_next"] = float(next_loss.detach())
+        total = total + cfg.next_telemetry_weight * next_loss
     parts["loss"] = float(total.detach())
     return total, parts

@@ -24,6 +24,7 @@ from trajstack.hub import hub_offline
 from trajstack.io import atomic_path
 
 from .config import ModelConfig
+from .mixup import MixPlan
 
 
 @dataclass
@@ -38,6 +39,8 @@ class ModelDims:
     n_aux: int
     aux_head: bool
     image_size: tuple[int, int] | None = None
+    n_axes: int = 1  # targets are horizon-major over this many axes (the displacement output sums per axis)
+    n_next: int = 0  # next-row telemetry values the aux head predicts (0: no such head)
 
 
 class PretrainedWeightsError(TrajstackError, FileNotFoundError):
@@ -142,12 +145,18 @@ class TrajectoryNet(nn.Module):
         # timm adapts the pretrained first conv to in_chans (frames x channels).
         self.backbone = create_backbone(cfg, in_chans)
         reduce_stem_stride(self.backbone, cfg.stem_stride_divisor)
-        # Normalise with the backbone's own pretrained statistics, repeated for every frame.
+        # Normalise with the backbone's own pretrained statistics, repeated for every frame; with
+        # `pixel_norm: dataset` the fold's own statistics replace them and travel in the weights.
+        self.pixel_norm, self.output = cfg.pixel_norm, cfg.output
+        if cfg.output == "displacements" and dims.n_targets % dims.n_axes:
+            raise ValueError(f"stage1.model.output=displacements: {dims.n_targets} targets are not "
+                             f"horizons x {dims.n_axes} axes")
         data_cfg = resolve_data_config({}, model=self.backbone)
         mean = torch.tensor(data_cfg["mean"] * dims.n_frames)[:in_chans] * 255.0
         std = torch.tensor(data_cfg["std"] * dims.n_frames)[:in_chans] * 255.0
-        self.register_buffer("pixel_mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std.view(1, -1, 1, 1), persistent=False)
+        persistent = cfg.pixel_norm == "dataset"
+        self.register_buffer("pixel_mean", mean.view(1, -1, 1, 1), persistent=persistent)
+        self.register_buffer("pixel_std", std.view(1, -1, 1, 1), persistent=persistent)
         fused = self.backbone.num_features
 
         self.telemetry = None
@@ -176,6 +185,7 @@ class TrajectoryNet(nn.Module):
         self.dropout = nn.Dropout(cfg.head_dropout)
         self.main_head = nn.Linear(fused, dims.n_targets)
         self.aux_head = nn.Linear(fused, dims.n_aux) if dims.aux_head else None
+        self.next_head = nn.Linear(fused, dims.n_next) if dims.n_next else None
         for name, n in (("main", dims.n_targets), ("aux", dims.n_aux)):
             self.register_buffer(f"{name}_shift", torch.zeros(n))
             self.register_buffer(f"{name}_scale", torch.ones(n))
@@ -188,11 +198,22 @@ class TrajectoryNet(nn.Module):
                             ("aux_shift", aux_mean), ("aux_scale", aux_std)):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
 
+    def set_pixel_statistics(self, mean, std) -> None:
+        """Per stacked channel mean/std (0-255 scale) for `pixel_norm: dataset`."""
+        self.pixel_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view_as(self.pixel_mean))
+        self.pixel_std.copy_(torch.as_tensor(std, dtype=torch.float32).view_as(self.pixel_std))
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """images uint8 (n, F, H, W, C) -> backbone features (n, num_features)."""
+        """images (n, F, H, W, C), uint8 or float on the 0-255 scale -> backbone features (n, num_features)."""
         n, f, h, w, c = images.shape
         x = images.permute(0, 1, 4, 2, 3).reshape(n, f * c, h, w).float()
-        x = (x - self.pixel_mean) / self.pixel_std
+        if self.pixel_norm == "sequence":  # each row's frames by their own per-colour mean/std
+            per_colour = x.view(n, f, c, h, w)
+            mean = per_colour.mean(dim=(1, 3, 4), keepdim=True)
+            std = per_colour.std(dim=(1, 3, 4), keepdim=True).clamp_min(1.0)
+            x = ((per_colour - mean) / std).view(n, f * c, h, w)
+        else:
+            x = (x - self.pixel_mean) / self.pixel_std
         if self.dims.image_size is not None and tuple(self.dims.image_size) != (h, w):
             x = F.interpolate(x, size=tuple(self.dims.image_size), mode="bilinear", align_corners=False)
         if self.channels_last:
@@ -201,15 +222,19 @@ class TrajectoryNet(nn.Module):
 
     def forward(self, images: torch.Tensor, telemetry: torch.Tensor, mask: torch.Tensor,
                 extra: torch.Tensor | None = None, baseline: torch.Tensor | None = None,
-                baseline_aux: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                baseline_aux: torch.Tensor | None = None, mix: MixPlan | None = None) -> dict[str, torch.Tensor]:
         """Padded batch (B, T, ...) + mask (B, T) -> flat outputs over real rows in mask order.
 
         `baseline` (B, T, n_targets) and `baseline_aux` (B, T, n_aux), when given, are added to
-        the heads' outputs: the heads then predict the residual to that baseline.
+        the heads' outputs: the heads then predict the residual to that baseline. `mix` (manifold
+        mixup, training only) mixes the fused features before the LSTM; the caller mixes the
+        labels and baselines by the same plan (`stage1_nn.mixup.mix_batch`).
 
         Returns
         -------
-        dict with ``main`` (n, n_targets), ``aux`` (n, n_aux) or absent, ``emb`` (n, embedding_dim).
+        dict with ``main`` (n, n_targets), ``aux`` (n, n_aux) or absent, ``emb`` (n, embedding_dim),
+        ``disp`` (n, n_targets) with `output: displacements` (``main`` is their running sum
+        plus the baseline), ``next`` (n, n_next) with a next-row telemetry head.
         """
         parts = [self.image_features(images[mask])]
         if self.telemetry is not None:
@@ -217,12 +242,20 @@ class TrajectoryNet(nn.Module):
         if self.extra is not None:
             parts.append(self.extra(extra[mask]))
         emb = torch.cat([p.float() for p in parts], dim=1)
+        if mix is not None:
+            emb = mix.mix_flat(emb, mask)
         if self.lstm is not None:
             emb = self._sequence(emb, mask)
         hidden = self.dropout(emb)
         out = {"emb": emb, "main": self.main_head(hidden).float() * self.main_scale + self.main_shift}
+        if self.output == "displacements":  # positions = running sum of the steps, per axis
+            out["disp"] = out["main"]
+            steps = out["disp"].view(len(out["disp"]), -1, self.dims.n_axes)
+            out["main"] = steps.cumsum(dim=1).view(len(out["disp"]), -1)
         if self.aux_head is not None:
             out["aux"] = self.aux_head(hidden).float() * self.aux_scale + self.aux_shift
+        if self.next_head is not None:
+            out["next"] = self.next_head(hidden).float()
         if baseline is not None:
             out["main"] = out["main"] + baseline[mask].float()
             if "aux" in out and baseline_aux is not None:

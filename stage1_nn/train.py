@@ -49,9 +49,12 @@ from .data import (
     TelemetryEncoder,
     aux_targets,
     collate,
+    displacements,
     extra_vectors,
     extra_vectors_hash,
     frame_indices,
+    next_row_index,
+    pixel_statistics,
     raw_telemetry,
     sequence_dataset,
     target_baseline,
@@ -96,6 +99,7 @@ class Stage1Data:
     test_extra: np.ndarray | None
     train_baseline: np.ndarray | None  # (rows, n_targets) with `stage1.baseline: physics`
     test_baseline: np.ndarray | None
+    train_next_rows: np.ndarray | None = None  # with `stage1.loss.next_telemetry_weight` > 0
 
     def arrays(self, split: str, id_column: str) -> SplitArrays:
         """The per-row arrays of `split` ("train" or "test") as the datasets read them."""
@@ -106,7 +110,8 @@ class Stage1Data:
             telemetry=self.train_telemetry if train else self.test_telemetry,
             targets=self.targets if train else None,
             extra=self.train_extra if train else self.test_extra,
-            baseline=self.train_baseline if train else self.test_baseline)
+            baseline=self.train_baseline if train else self.test_baseline,
+            next_rows=self.train_next_rows if train else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +212,8 @@ def load_data(cfg: Config, env: DistEnv) -> Stage1Data:
         targets=train[spec.target_columns].to_numpy(np.float32),
         train_extra=extra[0], test_extra=extra[1],
         train_baseline=target_baseline(cfg, train), test_baseline=target_baseline(cfg, test),
+        train_next_rows=(next_row_index(train[spec.id_column].to_numpy(str), spec)
+                         if cfg.stage1.loss.next_telemetry_weight > 0 else None),
     )
 
 
@@ -290,6 +297,8 @@ class FoldInputs:
             n_extra=0 if data.train_extra is None else data.train_extra.shape[1],
             n_targets=len(spec.target_columns), n_aux=aux_targets(data.targets[:1], spec).shape[1],
             aux_head=s1.loss.aux, image_size=tuple(s1.image_size) if s1.image_size else None,
+            n_axes=len(spec.axes),
+            n_next=self.encoder.n_value_columns if s1.loss.next_telemetry_weight > 0 else 0,
         )
 
 
@@ -397,7 +406,12 @@ def build_fold_model(inputs: FoldInputs) -> FoldModel:
         if data.train_baseline is not None:
             y = y - data.train_baseline[inputs.train_rows]
         a = aux_targets(y, spec)
+        if s1.model.output == "displacements":  # the head predicts steps: scale it to the steps
+            y = displacements(y, spec)
         model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0) + 1e-6, np.nanmean(a, 0), np.nanstd(a, 0) + 1e-6)
+    if s1.model.pixel_norm == "dataset":  # the fold's training rows only
+        model.set_pixel_statistics(*pixel_statistics(data.train_images.images, inputs.train_rows,
+                                                     inputs.frames, seed=inputs.seed))
     ema = build_ema(model, s1.ema)
     if s1.compile:
         model.backbone.compile()  # in place: state-dict keys stay unprefixed
@@ -428,7 +442,8 @@ def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict
         if isinstance(fm.train_loader.sampler, DistributedSampler):
             fm.train_loader.sampler.set_epoch(epoch - 1)
         stats, step = train_one_epoch(fm.net, fm.train_loader, fm.optimizer, fm.scheduler, fm.ema, s1,
-                                      env, fm.amp_dtype, step, desc=f"fold {fold} epoch {epoch}/{s1.epochs}")
+                                      env, fm.amp_dtype, step, desc=f"fold {fold} epoch {epoch}/{s1.epochs}",
+                                      spec=spec)
         started = time.perf_counter()
         val = gather_predictions(env, predict(fm.eval_model, valid_loader, env, fm.amp_dtype, spec))
         val_mae = mae(targets[val["rows"]], val["main"])

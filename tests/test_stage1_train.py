@@ -194,6 +194,39 @@ def test_other_switches_train_and_predict(trained):
                                atol=1e-5)
 
 
+TOOLBOX_SWITCHES = {
+    # input mixup mixes the physics baseline with the targets; dataset pixel statistics; the
+    # next-row telemetry aux head
+    "mixup_dataset_norm_next": (["stage1.mixup.p=1.0", "stage1.baseline=physics", "stage1.model.pixel_norm=dataset",
+                                 "stage1.loss.next_telemetry_weight=0.5"], {"train_loss_next"}),
+    # manifold mixup before the LSTM; per-sequence pixel statistics; displacement output + jerk
+    "manifold_sequence_norm_disp_jerk": (["stage1.mixup.manifold_p=1.0", "stage1.model.pixel_norm=sequence",
+                                          "stage1.model.output=displacements", "stage1.loss.jerk_weight=0.1"],
+                                         {"train_loss_jerk"}),
+    # row mode (no LSTM sequences): both mixups, displacements with the physics baseline
+    "row_mode_both_mixups": (["stage1.mode=row", "stage1.mixup.p=0.5", "stage1.mixup.manifold_p=0.5",
+                              "stage1.model.output=displacements", "stage1.baseline=physics",
+                              "stage1.loss.next_telemetry_weight=0.2"], {"train_loss_next"}),
+}
+
+
+@pytest.mark.parametrize("name", TOOLBOX_SWITCHES)
+def test_toolbox_switches_train_and_reload(trained, name):
+    """The stage-1 toolbox switches (issue 16) run through `trajstack stage1` on a tiny config,
+    log their loss terms, and the checkpoint predicts what the run's OOF holds."""
+    root, data = trained["root"], trained["data"]
+    switches, logged = TOOLBOX_SWITCHES[name]
+    cfg = load_config("demo", [*_overrides(data.root, root / "out", f"tiny_{name}"), "stage1.folds=[0]", *switches])
+    run = train_module.run_stage1(cfg)
+    oof = pd.read_parquet(run.dir / OOF_FILE)
+    assert set(oof["fold"]) == {0} and np.isfinite(oof.drop(columns=["ID", "fold"]).to_numpy()).all()
+    record = json.loads((run.dir / "fold0" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged <= set(record) and all(np.isfinite(record[k]) and record[k] > 0 for k in logged)
+    frame, _ = predict_checkpoint(run.dir / "fold0" / CHECKPOINT_FILE, split="train", ids=oof["ID"].tolist())
+    np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
+                               atol=1e-5)
+
+
 def test_physics_baseline_run_reloads_and_records_its_vehicle(trained):
     """`stage1.baseline=physics`: the checkpoint adds the same baseline back when it predicts, and
     the vehicle model the baseline came from is part of the run's signature."""
