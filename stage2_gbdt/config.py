@@ -15,7 +15,8 @@ from trajstack.spec import StrictModel
 
 
 class Stage2Config(StrictModel):
-    # Learner registry keys run when the command line names none: lightgbm | xgboost | catboost.
+    # Learner registry keys run when the command line names none: lightgbm | xgboost | catboost
+    # (one model per target) | catboost_multi (one model for all targets).
     learners: list[str] = ["lightgbm"]
     # Per learner key, overrides of configs/stage2/<key>.yaml (library constructor params).
     params: dict[str, dict[str, Any]] = {}
@@ -30,6 +31,9 @@ class Stage2Config(StrictModel):
     # After stopping, refit on all the fold's training rows with the found number of rounds
     # (two fits per (target, fold)); false keeps the stopped model, fitted on the rest.
     refit: bool = True
+    # Seed bagging: fits per (target, fold), each with its own learner seed and inner holdout,
+    # predictions averaged (costs `seeds` times the fits).
+    seeds: int = 1
     # Parallel (target, fold) fits, and threads inside each fit; keep the product <= cores.
     n_jobs: int = 2
     threads_per_fit: int = 1
@@ -47,7 +51,7 @@ class Stage2Config(StrictModel):
     # Features shown in importance.png.
     importance_top: int = 30
 
-    @field_validator("n_jobs", "threads_per_fit")
+    @field_validator("n_jobs", "threads_per_fit", "seeds")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

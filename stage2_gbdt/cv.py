@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stage2_gbdt.learners import create_learner
+from stage2_gbdt.learners import LEARNERS, create_learner
 from stage2_gbdt.parallel import SharedArrays, ray_session, run_tasks
 from stage2_gbdt.resume import FitStore
 from trajstack.folds import inner_holdout
@@ -57,8 +57,13 @@ def encode_features(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]
     return matrix(train), matrix(test), cats
 
 
+# The target index of a task that fits every target at once (a multi-output learner).
+ALL_TARGETS = -1
+
+
 def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
-            learner_kwargs: dict[str, Any], stopping: dict[str, Any]) -> dict[str, Any]:
+            learner_kwargs: dict[str, Any], stopping: dict[str, Any], seeds: int = 1
+            ) -> dict[str, Any]:
     """Fit target `target` on the rows outside `fold`; predict the fold's rows and the test.
 
     With early stopping on (`learner_kwargs["early_stopping_rounds"] > 0`), the rounds are
@@ -66,26 +71,47 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     `stopping["seed"]` and the fold). Then, with `stopping["refit"]`, a second model is fitted
     on all the training rows with that number of rounds (it sees 100% of the rows instead of
     ~80%, at the price of a second fit); without it the stopped model itself is kept.
+
+    `target=ALL_TARGETS` fits a multi-output learner on every target at once (rows with any
+    label missing are left out of its fits). `seeds > 1` bags: that many models, each with
+    its own learner seed and inner holdout, predictions averaged (seed 0 is the unbagged fit).
     """
     X, X_test, y_all, folds, groups = (shared.get(k) for k in ("X", "X_test", "Y", "folds", "groups"))
-    y = y_all[:, target]
-    known = ~np.isnan(y)  # rows without a label are predicted, never fitted on
+    y = y_all if target == ALL_TARGETS else y_all[:, target]
+    known = ~np.isnan(y) if y.ndim == 1 else ~np.isnan(y).any(axis=1)  # unlabelled: predicted only
     train_rows = np.flatnonzero((folds != fold) & known)
     valid_rows = np.flatnonzero(folds == fold)  # scored only: never fitted or stopped on
+    models = [_fit_rounds(X, y, train_rows, groups, learner_key,
+                          {**learner_kwargs, "random_state": learner_kwargs["random_state"] + s},
+                          stopping, stopping["seed"] * 1009 + fold + 7919 * s)
+              for s in range(seeds)]
+
+    def mean_of(values: list[np.ndarray]) -> np.ndarray:
+        return np.mean(np.stack([np.asarray(v, dtype=float) for v in values]), axis=0)
+
+    return {
+        "target": target, "fold": fold, "valid_rows": valid_rows,
+        "valid_pred": mean_of([m.predict(X[valid_rows]) for m in models]),
+        "test_pred": mean_of([m.predict(X_test) for m in models]),
+        "importance": mean_of([m.feature_importances_ for m in models]),
+        "best_iteration": float(np.mean([m.best_iteration_ for m in models])),
+    }
+
+
+def _fit_rounds(X: np.ndarray, y: np.ndarray, train_rows: np.ndarray, groups: np.ndarray,
+                learner_key: str, learner_kwargs: dict[str, Any], stopping: dict[str, Any],
+                holdout_seed: int) -> Any:
+    """One learner fitted on `train_rows`: rounds early-stopped on an inner holdout (drawn with
+    `holdout_seed`), then refitted on all of them when `stopping["refit"]` (see `fit_one`)."""
     model = create_learner(learner_key, **learner_kwargs)
     if learner_kwargs["early_stopping_rounds"] > 0:
-        fit_rows, stop_rows = inner_holdout(train_rows, groups, stopping["fraction"],
-                                          stopping["seed"] * 1009 + fold)
+        fit_rows, stop_rows = inner_holdout(train_rows, groups, stopping["fraction"], holdout_seed)
         model.fit(X[fit_rows], y[fit_rows], eval_set=[(X[stop_rows], y[stop_rows])])
         if stopping["refit"]:
             model = model.with_rounds(model.best_iteration_).fit(X[train_rows], y[train_rows])
     else:
         model.fit(X[train_rows], y[train_rows])
-    return {
-        "target": target, "fold": fold, "valid_rows": valid_rows,
-        "valid_pred": model.predict(X[valid_rows]), "test_pred": model.predict(X_test),
-        "importance": model.feature_importances_, "best_iteration": model.best_iteration_,
-    }
+    return model
 
 
 def cross_validate(
@@ -104,6 +130,7 @@ def cross_validate(
     stop_fraction: float = 0.2,
     refit: bool = True,
     seed: int = 0,
+    seeds: int = 1,
     n_jobs: int = 1,
     threads_per_fit: int = 1,
     device: str = "cpu",
@@ -127,6 +154,7 @@ def cross_validate(
     early_stopping_rounds, stop_fraction, refit : patience (0: a fixed number of rounds, no
         holdout); share of the training scenes held out to stop on; whether to refit on all
         training rows with the found number of rounds (see `fit_one`).
+    seed, seeds : base seed; `seeds` > 1 averages that many fits per task (seed bagging).
     n_jobs, executor : parallel (target, fold) fits through joblib processes or Ray.
     resume : where finished fits are saved as they return and loaded from on a rerun.
     """
@@ -142,7 +170,9 @@ def cross_validate(
     learner_kwargs = {"params": params, "categorical_features": cats,
                       "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
                       "n_threads": threads_per_fit, "device": device}
-    all_tasks = [(t, f) for t in range(Y.shape[1]) for f in fold_ids]
+    # A multi-output learner: one task per fold for all targets; else one per (target, fold).
+    task_targets = [ALL_TARGETS] if LEARNERS.get(learner_key).multi_output else range(Y.shape[1])
+    all_tasks = [(t, f) for t in task_targets for f in fold_ids]
     done = [r for r in (resume.load(t, f) for t, f in all_tasks) if r is not None] if resume else []
     finished = {(r["target"], r["fold"]) for r in done}
     tasks_of = [task for task in all_tasks if task not in finished]
@@ -151,7 +181,7 @@ def cross_validate(
         shared = SharedArrays({"X": X, "X_test": Xt, "Y": Y - base_train,
                                "folds": np.asarray(folds), "groups": groups},
                               use_ray=executor == "ray")
-        tasks = [(shared, t, f, learner_key, learner_kwargs, stopping) for t, f in tasks_of]
+        tasks = [(shared, t, f, learner_key, learner_kwargs, stopping, seeds) for t, f in tasks_of]
         return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
                          desc=f"{learner_key} fits", on_result=resume.save if resume else None)
 
@@ -168,10 +198,13 @@ def cross_validate(
     gain = np.zeros((len(columns), Y.shape[1]))
     best = pd.DataFrame(index=target_names, columns=[f"fold{f}" for f in fold_ids], dtype=float)
     for r in results:
-        t = r["target"]
+        # A multi-output fit fills every target column (its importance is shared by all).
+        multi = r["target"] == ALL_TARGETS
+        t = slice(None) if multi else r["target"]
+        importance = np.asarray(r["importance"], dtype=float)
         oof[r["valid_rows"], t] = r["valid_pred"]
         test[:, t] += r["test_pred"] / len(fold_ids)
-        gain[:, t] += r["importance"] / len(fold_ids)
+        gain[:, t] += (importance[:, None] if multi else importance) / len(fold_ids)
         best.loc[target_names[t], f"fold{r['fold']}"] = r["best_iteration"]
     oof += base_train
     test += base_test

@@ -10,6 +10,10 @@ at n rounds (the refit after early stopping).
 
 X is a float matrix; `categorical_features` are column indices holding non-negative integer
 codes (NaN: missing), which each library treats as categories natively.
+
+Most learners fit one target (y is 1-D). A learner with `multi_output = True` (`catboost_multi`)
+fits every target at once: y is (n_rows, n_targets) and `predict` returns that shape; stage 2
+then fits one model per fold instead of one per (target, fold).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
     gpu_params: ClassVar[dict[str, Any]] = {}
     # The library param that fixes the number of boosting rounds (a refit uses the found one).
     rounds_param: ClassVar[str] = "n_estimators"
+    # True: `fit` takes every target at once (y of shape (n_rows, n_targets)).
+    multi_output: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None, categorical_features: tuple[int, ...] = (),
                  early_stopping_rounds: int = 100, random_state: int = 0, n_threads: int = 1,
@@ -167,6 +173,27 @@ class CatBoostRegressor(GBDTRegressor):
 
     def predict(self, X):
         return np.asarray(self.model_.predict(self._frame(X)), dtype=float)
+
+
+@LEARNERS.register("catboost_multi")
+class CatBoostMultiRegressor(CatBoostRegressor):
+    """CatBoost with one model for all targets (default loss `MultiRMSE`, early stopping on it).
+
+    Every tree splits on all targets at once: one fit per fold instead of one per (target,
+    fold), and the targets share what they learn; the price is a squared-error loss (CatBoost
+    has no multi-target MAE), so it predicts means where the per-target learners predict medians.
+    """
+
+    multi_output: ClassVar[bool] = True
+
+    def library_params(self) -> dict[str, Any]:
+        return {"loss_function": "MultiRMSE", **super().library_params()}
+
+    def fit(self, X, y, eval_set=None):
+        if np.ndim(y) != 2:
+            raise ValueError(f"{type(self).__name__} fits all targets at once: y must be 2-D "
+                             f"(n_rows, n_targets), got shape {np.shape(y)}")
+        return super().fit(X, y, eval_set=eval_set)
 
 
 def create_learner(key: str, **kwargs: Any) -> GBDTRegressor:

@@ -1,9 +1,9 @@
 """Finished (target, fold) fits of a stage-2 run, kept so that an interrupted run resumes.
 
 Each fit's outputs (validation rows and predictions, test predictions, importance, best
-iteration) go to `<run>/fits/target<t>-fold<k>.npz` the moment the fit returns, written
-atomically and stamped with the run's signature; a rerun under the same signature loads those
-and fits only the rest. A run of another signature never reads them (the artifact store moves
+iteration) go to `<run>/fits/target<t>-fold<k>.npz` (`all-targets-fold<k>.npz` for a
+multi-output learner) the moment the fit returns, written atomically and stamped with the
+run's signature; a rerun under the same signature loads those and fits only the rest. A run of another signature never reads them (the artifact store moves
 such a run aside, and the stamp is checked besides).
 """
 
@@ -26,7 +26,9 @@ class FitStore:
         self.folder, self.signature = Path(folder), signature
 
     def path(self, target: int, fold: int) -> Path:
-        return self.folder / f"target{target:02d}-fold{fold}.npz"
+        # target -1 (cv.ALL_TARGETS): a multi-output learner's fit of every target at once.
+        name = "all-targets" if target < 0 else f"target{target:02d}"
+        return self.folder / f"{name}-fold{fold}.npz"
 
     def load(self, target: int, fold: int) -> dict[str, Any] | None:
         """The fit's result as `fit_one` returned it, or None when it is not done here."""
@@ -42,7 +44,7 @@ class FitStore:
 
     def clear(self) -> None:
         """Forget every saved fit (`--force`: refit all)."""
-        for path in self.folder.glob("target*-fold*.npz"):
+        for path in self.folder.glob("*-fold*.npz"):
             path.unlink()
 
     def save(self, result: dict[str, Any]) -> None:

@@ -103,7 +103,7 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         baseline_test=data.baseline_test,
         groups=data.folds.scene_of(ft.train[ft.id_column]),
         early_stopping_rounds=s2.early_stopping_rounds, stop_fraction=s2.stop_fraction,
-        refit=s2.refit, seed=cfg.seed, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
+        refit=s2.refit, seed=cfg.seed, seeds=s2.seeds, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
         executor=s2.executor, ray_address=s2.ray_address, resume=resume,
     )
 

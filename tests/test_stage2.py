@@ -1,6 +1,8 @@
 """Stage 2: learners swappable by config, OOF honesty, determinism, Ray == joblib, fold checks,
 and telemetry-only data with NaN / missing columns end to end."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +26,7 @@ SMALL = {
     "lightgbm": {"n_estimators": 25, "num_leaves": 4, "min_child_samples": 3, "learning_rate": 0.2},
     "xgboost": {"n_estimators": 25, "max_depth": 2, "learning_rate": 0.2},
     "catboost": {"iterations": 25, "depth": 2, "learning_rate": 0.3},
+    "catboost_multi": {"iterations": 25, "depth": 2, "learning_rate": 0.3},
 }
 FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
         "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
@@ -54,7 +57,11 @@ def cv(key="lightgbm", params=None, **kwargs):
                           target_names=["t0", "t1"], **kwargs)
 
 
-@pytest.mark.parametrize("key", ["lightgbm", "xgboost", "catboost"])
+def test_every_registered_learner_has_small_test_params():
+    assert set(SMALL) == set(LEARNERS.keys())  # so the registry-driven tests below cover it
+
+
+@pytest.mark.parametrize("key", LEARNERS.keys())
 def test_each_learner_trains_and_predicts(key):
     X, Y, _ = synthetic()
     result = cv(key)
@@ -70,7 +77,9 @@ def test_each_learner_trains_and_predicts(key):
 
 
 def test_unknown_learner_lists_valid_keys(tmp_path):
-    with pytest.raises(RegistryError, match="unknown stage-2 learner 'lgbm'.*catboost, lightgbm, xgboost"):
+    valid = ", ".join(LEARNERS.keys())
+    assert "catboost_multi" in valid
+    with pytest.raises(RegistryError, match=f"unknown stage-2 learner 'lgbm'.*{re.escape(valid)}$"):
         create_learner("lgbm")
     assert main(["--learner", "lgbm", f"output_dir={tmp_path}"]) == 2
 
@@ -194,6 +203,76 @@ def test_no_scored_row_reaches_early_stopping(monkeypatch, refit):
         (fold,) = set(range(4)) - set(folds[call["fit"]])
         assert sorted(call["fit"]) == sorted(np.flatnonzero((folds != fold) & ~np.isnan(Y[:, 0])))
         assert call["rounds"] == 3
+
+
+def test_multi_output_learner_follows_the_estimator_contract():
+    X, Y, _ = synthetic(n_targets=3)
+    matrix, _, cats = encode_features(X, X, list(X.columns))
+    labelled = ~np.isnan(Y).any(axis=1)
+    model = create_learner("catboost_multi", params=SMALL["catboost_multi"],
+                           categorical_features=cats, random_state=1)
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and not hasattr(copy, "model_")
+    fitted = copy.fit(matrix[labelled], Y[labelled])
+    assert fitted is copy and copy.predict(matrix).shape == (len(X), 3)
+    assert copy.model_.get_params()["loss_function"] == "MultiRMSE"
+    assert copy.feature_importances_.shape == (3,)
+    assert model.get_params()["params"] == SMALL["catboost_multi"]  # fit left the params alone
+    with pytest.raises(ValueError, match="y must be 2-D"):
+        clone(model).fit(matrix, Y[:, 0])
+
+
+def test_multi_output_learner_fits_one_model_per_fold(tiny, tmp_path):
+    """`--learner catboost_multi` (the Makefile's LEARNER=catboost_multi) on tiny data: one fit
+    per fold for all 18 targets, saved for a resume, OOF and test for every target."""
+    assert main(_args(tiny, tmp_path, "--learner", "catboost_multi", "features.stage1=false")) == 0
+    run = tmp_path / "demo" / "stage2" / "catboost_multi"
+    assert sorted(p.name for p in (run / "fits").glob("*.npz")) == [
+        f"all-targets-fold{k}.npz" for k in range(3)]
+    oof, test = pd.read_parquet(run / OOF_FILE), pd.read_parquet(run / TEST_FILE)
+    targets = load_config("demo").dataset.target_columns
+    assert list(oof.columns) == ["ID", "fold", *targets] and len(test) == len(tiny.test_ids)
+    assert np.isfinite(oof[targets].to_numpy()).all() and np.isfinite(test[targets].to_numpy()).all()
+    params = yaml.safe_load((run / "config.yaml").read_text())["stage2"]["params"]["catboost_multi"]
+    assert params["loss_function"] == "MultiRMSE"
+
+
+class SeedConstant(GBDTRegressor):
+    """Predicts its own random_state; records its seed, fit rows and early-stopping rows."""
+
+    stops: list = []
+
+    def fit(self, X, y, eval_set=None):
+        if eval_set:
+            SeedConstant.stops.append((self.random_state, X[:, 0].astype(int),
+                                       tuple(eval_set[0][0][:, 0].astype(int))))
+        self.best_iteration_, self.feature_importances_ = 2, np.full(X.shape[1], self.random_state)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), float(self.random_state))
+
+
+def test_seed_bagging_averages_fits_with_their_own_seeds_and_holdouts(monkeypatch):
+    monkeypatch.setitem(LEARNERS._entries, "seedconstant", SeedConstant)
+    monkeypatch.setattr(SeedConstant, "stops", [])
+    X, Y, folds = synthetic()
+    X.insert(0, "row", np.arange(len(X), dtype=float))
+    kwargs = {"target_names": ["t0"], "early_stopping_rounds": 5, "seed": 5}
+    single = cross_validate("seedconstant", {}, X, Y[:, :1], X.iloc[:5], folds, **kwargs)
+    assert np.all(single.oof == 5) and np.all(single.test == 5)
+    SeedConstant.stops.clear()
+    bagged = cross_validate("seedconstant", {}, X, Y[:, :1], X.iloc[:5], folds, seeds=3, **kwargs)
+    assert np.all(bagged.oof == 6) and np.all(bagged.test == 6)  # mean of seeds 5, 6, 7
+    assert np.allclose(bagged.importance.to_numpy(), 6)
+    assert len(SeedConstant.stops) == 4 * 3  # 3 stopping fits per fold
+    for fold in range(4):
+        members = [(seed, stop) for seed, fit, stop in SeedConstant.stops
+                   if set(folds[fit]) == set(range(4)) - {fold}]
+        assert sorted(seed for seed, _ in members) == [5, 6, 7]
+        assert len({stop for _, stop in members}) == 3  # each member its own inner holdout
+        assert not np.isin(np.concatenate([stop for _, stop in members]),
+                           np.flatnonzero(folds == fold)).any()  # never the scored fold
 
 
 def test_refit_and_kept_stopped_model_both_learn():
