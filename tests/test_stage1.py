@@ -25,7 +25,7 @@ from stage1_nn.data import (
     read_extra_vectors,
     target_baseline,
 )
-from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model
+from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model, input_planes_count
 from trajstack.config import ConfigError, load_config
 from trajstack.errors import TrajstackError
 from trajstack.image_cache import build_or_open_cache
@@ -380,7 +380,7 @@ def test_stem_surgery_doubles_the_backbone_output_map(backbone):
     cfg = load_config("demo", [f"stage1.model.backbone={backbone}"]).stage1.model
     dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
                      aux_head=False)
-    x = torch.zeros(1, 9, 64, 128)
+    x = torch.zeros(1, input_planes_count(cfg, dims), 64, 128)  # the demo's frames + coordinates
     plain = build_model(cfg, dims).backbone.forward_features(x).shape
     cut = build_model(cfg.model_copy(update={"stem_stride_divisor": 2}), dims)
     shape = cut.backbone.forward_features(x).shape
@@ -392,7 +392,8 @@ def test_stem_surgery_doubles_the_backbone_output_map(backbone):
 
 
 def test_coordinate_and_frame_difference_planes_follow_the_frames():
-    cfg = load_config("demo", ["stage1.model.backbone=test_convnext"]).stage1.model
+    cfg = load_config("demo", ["stage1.model.backbone=test_convnext", "stage1.model.coord_channels=false",
+                               "stage1.model.frame_diffs=false"]).stage1.model
     dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
                      aux_head=False, image_size=(32, 64))
     images = torch.randint(0, 256, (2, 3, 64, 128, 3), dtype=torch.uint8)
