@@ -23,7 +23,7 @@ import torch
 
 from stage1_nn.distributed import DistEnv
 from stage1_nn.engine import train_one_epoch
-from stage1_nn.model import build_model, create_backbone
+from stage1_nn.model import build_model, create_backbone, input_planes_count
 from stage1_nn.optim import build_ema, build_optimizer, build_scheduler
 from stage1_nn.train import _amp_dtype, _cpu_count, load_data, make_loader, prepare_fold
 from trajstack.config import Config, load_config
@@ -102,7 +102,7 @@ def run(cfg: Config, batches: int = 12, warmup: int = 1, device: str = "cpu") ->
 def bare_backbone_rows_per_s(s1: Any, dims: Any, frame_hw: tuple[int, int], device: torch.device,
                              rows: int, batches: int, warmup: int) -> float:
     """Rows/s of the backbone alone, forward+backward on random frames, set up as stage 1 sets it up."""
-    in_chans = dims.channels * dims.n_frames
+    in_chans = input_planes_count(s1.model, dims)
     height, width = dims.image_size or frame_hw
     backbone = create_backbone(s1.model.model_copy(update={"pretrained": False}), in_chans).to(device)
     x = torch.randn(rows, in_chans, height, width, device=device)

@@ -53,7 +53,8 @@ class TrafficLightConfig(StrictModel):
     largest_light: bool = True
 
 
-ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation"]
+ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation",
+                         "colour_rows"]
 
 
 class ImageStatsConfig(StrictModel):

@@ -19,6 +19,13 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   (the horizon line sits fy * tan(pitch) below the principal point, K in `dataset.camera`), and
   the height change it implies over each target horizon if the road keeps that grade:
   tan(pitch) * the constant-acceleration distance (speed and acceleration from telemetry).
+- `colour_rows`: per frame, rows where the colour changes most sharply in the upper three
+  quarters of the frame (where the horizon and the far road lie): per column the topmost and
+  the lowest strong colour step (median over columns, so a pole or a car does not count), the
+  best split of the column-median colour profile into an upper and a lower region (the classic
+  sky/ground segmentation criterion), and the peak of the row-mean colour step; plus how each
+  moved from the older frames to the frame at t (the pitch rate, hence the grade's change).
+  Full-row resolution: one row is 1 / fy of grade (about 0.0045 here).
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -169,6 +176,50 @@ def row_profile_stats(g: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     return out
 
 
+def two_region_split(profile: np.ndarray) -> np.ndarray:
+    """(n, H, C) per-row colour profiles -> (n,) the first row of the lower region of the split
+    into an upper and a lower region with the least within-region squared deviation."""
+    n, h, _ = profile.shape
+    total = np.cumsum(profile, axis=1)
+    total_sq = np.cumsum((profile ** 2).sum(-1), axis=1)
+    above = np.arange(1, h)                                            # rows above each split
+    a, a_sq = total[:, :-1], total_sq[:, :-1]
+    b, b_sq = total[:, -1:] - a, total_sq[:, -1:] - a_sq
+    cost = (a_sq - (a ** 2).sum(-1) / above) + (b_sq - (b ** 2).sum(-1) / (h - above))
+    return (1 + cost.argmin(axis=1)).astype(np.float32)
+
+
+def colour_row_stats(frames: np.ndarray, share: float = 0.75) -> dict[str, np.ndarray]:
+    """Rows of the sharpest colour changes in the upper `share` of each frame, and their motion.
+
+    frames : uint8 (n, frames, H, W, C).
+    A column's step at row r is |colour(r) - colour(r - 1)| (Euclidean over channels); a step is
+    strong when it is at least half the column's largest one.
+    """
+    x = frames.astype(np.float32) / 255.0
+    upper = max(2, int(round(x.shape[2] * share)))
+    x = x[:, :, :upper]
+    step = np.zeros(x.shape[:-1], np.float32)                          # (n, F, rows, W)
+    step[:, :, 1:] = np.linalg.norm(x[:, :, 1:] - x[:, :, :-1], axis=-1)
+    strong = step >= 0.5 * np.maximum(step.max(axis=2, keepdims=True), 1e-6)
+    rows = np.arange(upper, dtype=np.float32)[None, None, :, None]
+    row_mean = x.mean(axis=3)                                          # (n, F, rows, C)
+    row_step = np.zeros(row_mean.shape[:-1], np.float32)
+    row_step[:, :, 1:] = np.linalg.norm(row_mean[:, :, 1:] - row_mean[:, :, :-1], axis=-1)
+    found = {
+        "top_step": np.median(np.where(strong, rows, upper).min(axis=2), axis=-1),
+        "low_step": np.median(np.where(strong, rows, 0).max(axis=2), axis=-1),
+        "split": np.stack([two_region_split(np.median(x[:, f], axis=2)) for f in range(x.shape[1])], 1),
+        "mean_step": row_step.argmax(axis=2).astype(np.float32),
+    }                                                                  # each (n, F)
+    out: dict[str, np.ndarray] = {}
+    last = x.shape[1] - 1
+    for name, value in found.items():
+        out |= {f"colour_{name}_row_f{f}": value[:, f] for f in range(x.shape[1])}
+        out |= {f"colour_{name}_row_change_f{f}": value[:, last] - value[:, f] for f in range(last)}
+    return out
+
+
 def region_stats(g: np.ndarray, grid: tuple[int, int]) -> dict[str, np.ndarray]:
     """Mean, std, mean |d/dx|, mean |d/dy| of the last frame per grid cell."""
     last = g[:, -1]
@@ -286,6 +337,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= row_profile_stats(g, profile_bins)
         elif group == "orientation":
             out |= orientation_stats(g, grid)
+        elif group == "colour_rows":
+            out |= colour_row_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`
             out |= {f"edge_peak_row_f{f}": r for f, r in enumerate(edge_peak_rows(g).T)}
         else:

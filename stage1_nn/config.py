@@ -60,6 +60,13 @@ class ModelConfig(StrictModel):
     # step between consecutive horizons (the first from the origin) and the positions are their
     # running sum.
     output: Literal["positions", "displacements"] = "positions"
+    # Input planes made inside the model beside the frames' channels (so flips, TTA and the
+    # image cache need no change). `coord_channels`: each pixel's row and column in [-1, 1]
+    # (CoordConv, Liu et al. 2018), so the net knows where in the frame an edge lies: the
+    # horizon's row says the camera's pitch, hence the road's grade. `frame_diffs`: each frame
+    # minus the one before it (normalised units), the motion between frames made explicit.
+    coord_channels: bool = False
+    frame_diffs: bool = False
     telemetry: TelemetryInputConfig = TelemetryInputConfig()
     vlm: VlmInputConfig = VlmInputConfig()
     lstm: LstmConfig = LstmConfig()

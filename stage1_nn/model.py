@@ -128,6 +128,25 @@ def reduce_stem_stride(backbone: nn.Module, divisor: int) -> None:
                              for p, k, s in zip(stem.padding, stem.kernel_size, stem.stride, strict=True))
 
 
+def input_planes_count(cfg: ModelConfig, dims: ModelDims) -> int:
+    """Channels of the backbone's input: frames x channels, plus the planes `cfg` adds."""
+    frames = dims.channels * dims.n_frames
+    diffs = dims.channels * (dims.n_frames - 1) if cfg.frame_diffs else 0
+    return frames + diffs + (2 if cfg.coord_channels else 0)
+
+
+def coordinate_planes(n: int, h: int, w: int, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n, 2, h, w): each pixel's row (top -1 .. bottom +1), then its column (left -1 .. right +1).
+
+    Made after any flip of the frames, so the column plane is never mirrored: it says where a
+    pixel is in the frame, not where it was before augmentation.
+    """
+    rows = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype).view(h, 1).expand(h, w)
+    cols = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype).view(1, w).expand(h, w)
+    return torch.stack([rows, cols]).expand(n, 2, h, w)
+
+
 class TrajectoryNet(nn.Module):
     """Multi-frame image backbone + telemetry projector + optional extra input, fused -> LSTM -> heads.
 
@@ -141,9 +160,10 @@ class TrajectoryNet(nn.Module):
     def __init__(self, cfg: ModelConfig, dims: ModelDims, channels_last: bool = False):
         super().__init__()
         self.dims, self.channels_last = dims, channels_last
+        self.coord_channels, self.frame_diffs = cfg.coord_channels, cfg.frame_diffs
         in_chans = dims.channels * dims.n_frames
-        # timm adapts the pretrained first conv to in_chans (frames x channels).
-        self.backbone = create_backbone(cfg, in_chans)
+        # timm adapts the pretrained first conv to the input planes (frames x channels + extras).
+        self.backbone = create_backbone(cfg, input_planes_count(cfg, dims))
         reduce_stem_stride(self.backbone, cfg.stem_stride_divisor)
         # Normalise with the backbone's own pretrained statistics, repeated for every frame; with
         # `pixel_norm: dataset` the fold's own statistics replace them and travel in the weights.
@@ -203,8 +223,10 @@ class TrajectoryNet(nn.Module):
         self.pixel_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view_as(self.pixel_mean))
         self.pixel_std.copy_(torch.as_tensor(std, dtype=torch.float32).view_as(self.pixel_std))
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """images (n, F, H, W, C), uint8 or float on the 0-255 scale -> backbone features (n, num_features)."""
+    def input_planes(self, images: torch.Tensor) -> torch.Tensor:
+        """images (n, F, H, W, C), uint8 or float on the 0-255 scale -> the backbone's input
+        (n, planes, h, w): the frames' normalised channels (oldest first), then frame differences
+        and coordinates if enabled."""
         n, f, h, w, c = images.shape
         x = images.permute(0, 1, 4, 2, 3).reshape(n, f * c, h, w).float()
         if self.pixel_norm == "sequence":  # each row's frames by their own per-colour mean/std
@@ -216,9 +238,20 @@ class TrajectoryNet(nn.Module):
             x = (x - self.pixel_mean) / self.pixel_std
         if self.dims.image_size is not None and tuple(self.dims.image_size) != (h, w):
             x = F.interpolate(x, size=tuple(self.dims.image_size), mode="bilinear", align_corners=False)
+        planes = [x]
+        if self.frame_diffs:
+            frames = x.unflatten(1, (f, c))
+            planes.append((frames[:, 1:] - frames[:, :-1]).flatten(1, 2))
+        if self.coord_channels:
+            planes.append(coordinate_planes(n, *x.shape[-2:], x.device, x.dtype))
+        x = torch.cat(planes, dim=1) if len(planes) > 1 else x
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        return x
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (n, F, H, W, C), uint8 or float on the 0-255 scale -> backbone features (n, num_features)."""
+        return self.backbone(self.input_planes(images))
 
     def forward(self, images: torch.Tensor, telemetry: torch.Tensor, mask: torch.Tensor,
                 extra: torch.Tensor | None = None, baseline: torch.Tensor | None = None,

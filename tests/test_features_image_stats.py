@@ -53,6 +53,26 @@ def test_a_horizontal_edge_at_row_r_is_the_edge_profile_peak():
         assert profile.argmax() == (r - 1) // 4 or profile.argmax() == r // 4  # 4 rows per bin
 
 
+def test_colour_rows_find_a_colour_boundary_and_its_motion():
+    """Two colours of equal grey (a step the grey profiles miss) meeting at row r, a dark pole
+    over a few columns: every estimator finds r, and the changes follow r across frames."""
+    frames = []
+    for r in (14, 17, 21):  # the boundary moves down 3 then 4 rows: the camera pitches up
+        frame = np.empty((64, 128, 3), np.uint8)
+        frame[:r] = (60, 150, 120)
+        frame[r:] = (150, 120, 39)  # the same grey (0.299 R + 0.587 G + 0.114 B) as above
+        frame[5:, 40:44] = 20       # a pole: the column median ignores it
+        frames.append(frame)
+    stats = image_statistics(np.stack(frames)[None], ["colour_rows"], (4, 4), 16).iloc[0]
+    for f, r in enumerate((14, 17, 21)):
+        for name in ("top_step", "split", "mean_step"):
+            assert stats[f"img_colour_{name}_row_f{f}"] == r
+        assert stats[f"img_colour_low_step_row_f{f}"] == r
+    assert stats["img_colour_split_row_change_f0"] == 7 and stats["img_colour_top_step_row_change_f1"] == 4
+    grey_rows = image_statistics(np.stack(frames)[None], ["row_profile"], (4, 4), 16).iloc[0]
+    assert abs(grey_rows["img_edge_peak_row_f0"] - 14) > 2  # the grey edge profile misses it
+
+
 def test_horizon_pitch_and_height_change_follow_the_horizon_row():
     spec = load_config("demo").dataset
     physics = load_config("demo").features.physics

@@ -25,7 +25,7 @@ from stage1_nn.data import (
     read_extra_vectors,
     target_baseline,
 )
-from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model
+from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model, input_planes_count
 from trajstack.config import ConfigError, load_config
 from trajstack.errors import TrajstackError
 from trajstack.image_cache import build_or_open_cache
@@ -380,7 +380,7 @@ def test_stem_surgery_doubles_the_backbone_output_map(backbone):
     cfg = load_config("demo", [f"stage1.model.backbone={backbone}"]).stage1.model
     dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
                      aux_head=False)
-    x = torch.zeros(1, 9, 64, 128)
+    x = torch.zeros(1, input_planes_count(cfg, dims), 64, 128)  # the demo's frames + coordinates
     plain = build_model(cfg, dims).backbone.forward_features(x).shape
     cut = build_model(cfg.model_copy(update={"stem_stride_divisor": 2}), dims)
     shape = cut.backbone.forward_features(x).shape
@@ -389,3 +389,27 @@ def test_stem_surgery_doubles_the_backbone_output_map(backbone):
     assert [p.shape for p in cut.parameters()] == [p.shape for p in build_model(cfg, dims).parameters()]
     with pytest.raises(ValueError, match="does not divide"):
         build_model(cfg.model_copy(update={"stem_stride_divisor": 3}), dims)
+
+
+def test_coordinate_and_frame_difference_planes_follow_the_frames():
+    cfg = load_config("demo", ["stage1.model.backbone=test_convnext", "stage1.model.coord_channels=false",
+                               "stage1.model.frame_diffs=false"]).stage1.model
+    dims = ModelDims(n_frames=3, channels=3, n_telemetry=4, n_extra=0, n_targets=18, n_aux=27,
+                     aux_head=False, image_size=(32, 64))
+    images = torch.randint(0, 256, (2, 3, 64, 128, 3), dtype=torch.uint8)
+    plain = build_model(cfg, dims).input_planes(images)
+    both = build_model(cfg.model_copy(update={"coord_channels": True, "frame_diffs": True}), dims)
+    x = both.input_planes(images)
+    # 9 frame channels, 6 differences (frames 1-0 and 2-1), 2 coordinates; at the model's size.
+    assert plain.shape == (2, 9, 32, 64) and x.shape == (2, 17, 32, 64)
+    torch.testing.assert_close(x[:, :9], plain)
+    torch.testing.assert_close(x[:, 9:12], plain[:, 3:6] - plain[:, 0:3])
+    torch.testing.assert_close(x[:, 12:15], plain[:, 6:9] - plain[:, 3:6])
+    rows, cols = x[0, 15], x[0, 16]
+    assert rows[0, 0] == -1 and rows[-1, 0] == 1 and torch.all(rows[:, 0] == rows[:, -1])
+    assert cols[0, 0] == -1 and cols[0, -1] == 1 and torch.all(cols[0] == cols[-1])
+    assert torch.equal(x[1, 15:], x[0, 15:])  # the same for every row of the batch
+    # The backbone's stem takes the extra planes and the whole model runs.
+    stem = next(m for m in both.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.in_channels == 17
+    assert both.image_features(images).shape[0] == 2
