@@ -203,8 +203,10 @@ TOOLBOX_SWITCHES = {
     "manifold_sequence_norm_disp_jerk": (["stage1.mixup.manifold_p=1.0", "stage1.model.pixel_norm=sequence",
                                           "stage1.model.output=displacements", "stage1.loss.jerk_weight=0.1"],
                                          {"train_loss_jerk"}),
-    # row mode (no LSTM sequences): both mixups, displacements with the physics baseline
+    # row mode (no LSTM sequences): both mixups, displacements with the physics baseline, the
+    # backbone's own pixel statistics (the demo's default is per-sequence)
     "row_mode_both_mixups": (["stage1.mode=row", "stage1.mixup.p=0.5", "stage1.mixup.manifold_p=0.5",
+                              "stage1.model.pixel_norm=imagenet",
                               "stage1.model.output=displacements", "stage1.baseline=physics",
                               "stage1.loss.next_telemetry_weight=0.2"], {"train_loss_next"}),
 }
