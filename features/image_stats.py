@@ -26,6 +26,10 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   sky/ground segmentation criterion), and the peak of the row-mean colour step; plus how each
   moved from the older frames to the frame at t (the pitch rate, hence the grade's change).
   Full-row resolution: one row is 1 / fy of grade (about 0.0045 here).
+- `vertical_shift`: per pair of frames, how far the upper half of the view moved up or down
+  (sub-pixel, by cross-correlating its per-row edge-strength and intensity profiles): far away,
+  the view moves only with the camera's pitch, so this is the pitch change between frames, the
+  change of the road's grade under the car (pitch change / fy radians per pixel).
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -220,6 +224,34 @@ def colour_row_stats(frames: np.ndarray, share: float = 0.75) -> dict[str, np.nd
     return out
 
 
+def profile_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
+    """(n, L) profiles -> (n,) sub-pixel shift s (|s| <= max_shift) with b[r + s] most like a[r]
+    (cross-correlation of the mean-removed profiles over their overlap, parabola at the peak)."""
+    n, length = a.shape
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    scores = []
+    for s in range(-max_shift, max_shift + 1):
+        lo, hi = max(0, -s), min(length, length - s)
+        scores.append((a[:, lo:hi] * b[:, lo + s:hi + s]).mean(axis=1))
+    return peak_row(np.stack(scores, axis=1)) - max_shift
+
+
+def vertical_shift_stats(g: np.ndarray, max_shift: int = 6) -> dict[str, np.ndarray]:
+    """Vertical shift of the upper half of the view between each pair of frames (rows; positive:
+    the content moved down, the camera pitched up). g : float (n, frames, H, W)."""
+    half = g.shape[-2] // 2
+    profiles = {"edge": np.abs(gradients(g)[1][:, :, :half]).mean(axis=-1),
+                "intensity": g[:, :, :half].mean(axis=-1)}
+    out: dict[str, np.ndarray] = {}
+    n_frames = g.shape[1]
+    for f0 in range(n_frames):
+        for f1 in range(f0 + 1, n_frames):
+            for name, p in profiles.items():
+                out[f"vshift_{name}_f{f0}f{f1}"] = profile_shift(p[:, f0], p[:, f1], max_shift)
+    return out
+
+
 def region_stats(g: np.ndarray, grid: tuple[int, int]) -> dict[str, np.ndarray]:
     """Mean, std, mean |d/dx|, mean |d/dy| of the last frame per grid cell."""
     last = g[:, -1]
@@ -337,6 +369,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= row_profile_stats(g, profile_bins)
         elif group == "orientation":
             out |= orientation_stats(g, grid)
+        elif group == "vertical_shift":
+            out |= vertical_shift_stats(g)
         elif group == "colour_rows":
             out |= colour_row_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`

@@ -73,6 +73,20 @@ def test_colour_rows_find_a_colour_boundary_and_its_motion():
     assert abs(grey_rows["img_edge_peak_row_f0"] - 14) > 2  # the grey edge profile misses it
 
 
+@pytest.mark.parametrize("dy", [2, -3])
+def test_vertical_shift_is_the_shift_of_the_view(dy):
+    # A view of horizontal bands (what the far scene shows: skyline, horizon) plus texture; it
+    # moves down by dy rows from each frame to the next (the camera pitches up).
+    rows = np.random.default_rng(5).integers(40, 220, 96)
+    tex = np.clip(rows[:, None] + (_texture(4).astype(int) - 128) // 8, 0, 255).astype(np.uint8)
+    frames = [tex[16 - k * dy:80 - k * dy, 32:160] for k in range(3)]
+    stats = image_statistics(_rgb(frames), ["vertical_shift"], (4, 4), 16).iloc[0]
+    for name in ("edge", "intensity"):
+        assert stats[f"img_vshift_{name}_f0f1"] == pytest.approx(dy, abs=0.3)
+        assert stats[f"img_vshift_{name}_f1f2"] == pytest.approx(dy, abs=0.3)
+        assert stats[f"img_vshift_{name}_f0f2"] == pytest.approx(2 * dy, abs=0.3)
+
+
 def test_horizon_pitch_and_height_change_follow_the_horizon_row():
     spec = load_config("demo").dataset
     physics = load_config("demo").features.physics
