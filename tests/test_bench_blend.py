@@ -1,8 +1,7 @@
 """The blend benchmark: every single model and each blend variant, nested, on a finished experiment."""
 
-import pandas as pd
 import pytest
-from test_blend_fixtures import make_experiment, write_all_models
+from test_blend_fixtures import make_experiment, write_all_models, write_zero_test_labels
 
 from benchmarks import bench_blend
 from ensembling.fitting import fit_blend
@@ -14,10 +13,7 @@ def test_blend_benchmark_scores_singles_and_variants_nested(tmp_path):
     exp = make_experiment(tmp_path, extra_overrides=["report.enabled=false"])
     write_all_models(exp)
     spec = exp.cfg.dataset
-    ids = pd.read_csv(exp.data_dir / "test_features.csv", dtype=str)[spec.id_column]
-    (exp.data_dir / "oracle").mkdir()
-    pd.DataFrame({spec.id_column: ids, **{t: 0.0 for t in spec.target_columns}}).to_csv(
-        exp.data_dir / "oracle" / "test_labels.csv", index=False)
+    write_zero_test_labels(exp)
     result = bench_blend.run("atmacup18", str(exp.data_dir), exp.cfg.experiment,
                              overrides=exp.overrides)
     assert sorted(s["model"] for s in result["singles"]) == [

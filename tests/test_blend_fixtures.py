@@ -95,3 +95,12 @@ def write_model_run(exp: Experiment, name: str, noise: float, bias: float, seed:
 def write_all_models(exp: Experiment) -> None:
     for seed, (name, (noise, bias)) in enumerate(MODELS.items()):
         write_model_run(exp, name, noise, bias, seed)
+
+
+def write_zero_test_labels(exp: Experiment) -> None:
+    """oracle/test_labels.csv with every target 0 for every test ID, as a benchmark reads it."""
+    spec = exp.cfg.dataset
+    ids = pd.read_csv(exp.data_dir / "test_features.csv", dtype=str)[spec.id_column]
+    (exp.data_dir / "oracle").mkdir()
+    pd.DataFrame({spec.id_column: ids, **{t: 0.0 for t in spec.target_columns}}).to_csv(
+        exp.data_dir / "oracle" / "test_labels.csv", index=False)

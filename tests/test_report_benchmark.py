@@ -1,8 +1,7 @@
 """README benchmark tables: the marker-block writer and the pipeline table from artifacts."""
 
-import pandas as pd
 import pytest
-from test_blend_fixtures import make_experiment, write_all_models
+from test_blend_fixtures import make_experiment, write_all_models, write_zero_test_labels
 
 from benchmarks.bench_pipeline import collect, machine_info, to_markdown
 from benchmarks.readme_table import update_readme_table
@@ -42,10 +41,7 @@ def test_pipeline_table_quotes_every_model_on_an_oracle(tmp_path):
     exp = make_experiment(tmp_path, extra_overrides=["report.enabled=false"])
     write_all_models(exp)
     spec = exp.cfg.dataset
-    ids = pd.read_csv(exp.data_dir / "test_features.csv", dtype=str)[spec.id_column]
-    (exp.data_dir / "oracle").mkdir()
-    pd.DataFrame({spec.id_column: ids, **{t: 0.0 for t in spec.target_columns}}).to_csv(
-        exp.data_dir / "oracle" / "test_labels.csv", index=False)
+    write_zero_test_labels(exp)
     assert cli_main(["blend", *exp.cli_args()]) == 0
     result = {**collect(exp.cfg), "machine": machine_info()}
     for entry in result["runs"]:
