@@ -13,14 +13,13 @@ MAE is quoted from the data's oracle, never used to choose. The markdown table g
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 import numpy as np
 
 from benchmarks.bench_pipeline import machine_info, machine_note
-from benchmarks.readme_table import update_readme_table
+from benchmarks.readme_table import print_and_write
 from ensembling.blend import blend_segments, optimizer_params
 from ensembling.fitting import fit_blend
 from ensembling.inputs import load_inputs
@@ -125,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
     result = run(args.config, args.data, args.exp, args.overrides)
-    print(json.dumps(result, indent=2, default=str))
-    markdown = to_markdown(result)
-    print(markdown)
-    if args.readme:
-        update_readme_table(args.readme, MARKER, markdown)
+    print_and_write(result, to_markdown(result), args.readme, MARKER)
     return 0
 
 

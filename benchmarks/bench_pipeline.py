@@ -11,7 +11,6 @@ The markdown table goes between ``<!-- bench:pipeline -->`` markers in README.md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.readme_table import update_readme_table
+from benchmarks.readme_table import print_and_write
 from trajstack.artifacts import ArtifactStore
 from trajstack.config import Config, load_config
 from trajstack.tables import read_table
@@ -191,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", help="config overrides key=value for every stage")
     args = parser.parse_args(argv)
     result = run(args.config, args.data, args.exp, args.learner, args.extra, execute=not args.no_run)
-    print(json.dumps(result, indent=2, default=str))
-    markdown = to_markdown(result)
-    print(markdown)
-    if args.readme:
-        update_readme_table(args.readme, MARKER, markdown)
+    print_and_write(result, to_markdown(result), args.readme, MARKER)
     return 0
 
 

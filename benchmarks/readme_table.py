@@ -6,8 +6,10 @@ it replaces only that block, so tables are produced by `make bench`, never typed
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from trajstack.io import write_text_atomic
 
@@ -48,3 +50,12 @@ def update_readme_table(readme_path: str | Path, marker: str, markdown: str) -> 
         return False
     write_text_atomic(path, updated)
     return True
+
+
+def print_and_write(result: dict[str, Any], markdown: str, readme: str | Path | None, marker: str) -> None:
+    """A benchmark's command-line ending: its result as JSON, its table, and the table into
+    `readme`'s block `marker` when a README is given."""
+    print(json.dumps(result, indent=2, default=str))
+    print(markdown)
+    if readme:
+        update_readme_table(readme, marker, markdown)
