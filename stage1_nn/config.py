@@ -175,6 +175,11 @@ class Stage1Config(StrictModel):
     eval_batch_size: int | None = None  # None: 2 x batch_size
     num_workers: int = 0
     threads: int | None = None  # torch CPU threads per process (None: cores / processes)
+    # Folds trained at once on CPU, each in its own spawned process with `threads // N` torch
+    # threads: a small net at 32x64 keeps ~1.3 of 2 cores busy on one fold (python overhead,
+    # the scene LSTM), two folds at once keep both. auto: as many as the threads allow, at most
+    # the folds left to train; 1 on GPU and under DDP (where N > 1 is refused).
+    fold_workers: Literal["auto"] | int = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     channels_last: bool = False
@@ -213,4 +218,6 @@ class Stage1Config(StrictModel):
             raise ValueError("stage1.epochs and stage1.batch_size must be >= 1")
         if self.folds is not None and not self.folds:
             raise ValueError("stage1.folds is empty; use null for all folds")
+        if self.fold_workers != "auto" and self.fold_workers < 1:
+            raise ValueError(f"stage1.fold_workers={self.fold_workers}: use auto or a number >= 1")
         return self

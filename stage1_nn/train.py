@@ -8,10 +8,12 @@ Reads top to bottom: config -> data -> per fold (datasets, model, optimiser, loo
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 import random
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from trajstack.artifacts import (
     CHECKPOINT_FILE,
@@ -35,10 +38,11 @@ from trajstack.artifacts import (
 )
 from trajstack.cli import common_parser, config_from_args
 from trajstack.config import Config, ConfigError
+from trajstack.errors import one_line
 from trajstack.folds import Folds, ensure_folds, inner_holdout
 from trajstack.image_cache import ImageCache, build_or_open_cache
 from trajstack.io import file_hash
-from trajstack.logs import get_logger
+from trajstack.logs import get_logger, relay_records, send_records_to
 from trajstack.metrics import mae, mae_report
 from trajstack.tables import read_table, table_path
 
@@ -171,12 +175,20 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
         run.begin(force=force)
     barrier(env)
     folds = selected_folds(cfg, data.folds)
-    for fold in folds:
-        if run.part_done(fold_dir_name(fold)) and not force:
-            _say(env, f"stage1: fold {fold} already done; skipping")
-            continue
-        fit_fold(cfg, data, fold, run, env)
-        barrier(env)
+    todo = [k for k in folds if force or not run.part_done(fold_dir_name(k))]
+    for fold in sorted(set(folds) - set(todo)):
+        _say(env, f"stage1: fold {fold} already done; skipping")
+    workers = fold_workers(cfg, env, len(todo))
+    if workers > 1:  # CPU: several folds at once, each in its own process
+        fit_folds_in_workers(cfg, todo, run, workers)
+    else:
+        for i, fold in enumerate(todo):
+            try:
+                fit_fold(cfg, data, fold, run, env)
+            except Exception as err:
+                fold_failure({fold: err}, finished=todo[:i], not_started=todo[i + 1:])
+                raise
+            barrier(env)
     if env.is_main:
         assemble_run(cfg, data, folds, run)
         _say(env, f"stage1: done -> {run.dir}  CV MAE {run.read_meta()['scores']['mae']:.4f}")
@@ -528,6 +540,87 @@ def assemble_run(cfg: Config, data: Stage1Data, folds: list[int], run: Run) -> N
     }
     scores["folds"] = folds
     run.finish(scores=scores)
+
+
+# ----------------------------------------------------------------------------- folds at once
+
+
+def fold_workers(cfg: Config, env: DistEnv, n_folds: int) -> int:
+    """How many of `n_folds` folds train at once (`stage1.fold_workers`); 1 on GPU and under DDP."""
+    asked = cfg.stage1.fold_workers
+    one_device = env.distributed or env.device.type == "cuda"
+    if asked == "auto":
+        asked = 1 if one_device else cfg.stage1.threads or _cpu_count()
+    elif asked > 1 and one_device:
+        raise ConfigError(f"stage1.fold_workers={asked} trains folds in CPU processes; on "
+                          f"{env.device.type} x{env.world} use stage1.fold_workers=auto or 1")
+    return max(1, min(asked, n_folds))
+
+
+def fold_failure(failures: dict[int, BaseException], finished: list[int], not_started: list[int]
+                 ) -> BaseException:
+    """The first failed fold's own error (its type kept, so callers' excepts still hold), with a
+    note naming each failed fold and its cause, the folds kept and those not started."""
+    first = min(failures)
+    causes = "; ".join(f"fold {k} failed: {type(e).__name__}: {one_line(e)}"
+                       for k, e in sorted(failures.items()) if k != first)
+    kept = f"folds {sorted(finished)} finished and are kept" if finished else "no fold finished"
+    skipped = f", folds {sorted(not_started)} not started" if not_started else ""
+    error = failures[first]
+    error.add_note(f"stage1 fold {first} failed{'; ' + causes if causes else ''} "
+                   f"({kept}{skipped}; a rerun trains only the folds not finished)")
+    return error
+
+
+def fit_folds_in_workers(cfg: Config, folds: list[int], run: Run, workers: int) -> None:
+    """Train `folds`, `workers` at a time, each in a spawned process with `threads // workers`
+    torch threads. Each worker writes its fold's files as `fit_fold` always does; their log lines
+    reach this process's console and log.txt whole, above one bar of folds finished. After a
+    failure no further fold starts; the running ones finish, then the failure is raised with a
+    note naming the fold (`fold_failure`)."""
+    threads = max(1, (cfg.stage1.threads or _cpu_count()) // workers)
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
+    records = context.Queue()
+    logger.info(f"stage1: {len(folds)} folds, {workers} at a time, {threads} torch threads each")
+    bar = tqdm(total=len(folds), desc="stage1 folds", unit="fold", disable=None if cfg.stage1.progress else True)
+    failures: dict[int, BaseException] = {}
+    finished: list[int] = []
+    waiting = list(folds)
+    with relay_records(records, around=tqdm.external_write_mode), bar, ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_fold_worker, initargs=(threads, records)) as pool:
+        running: dict[Future, int] = {}
+        while running or (waiting and not failures):
+            while waiting and not failures and len(running) < workers:
+                fold = waiting.pop(0)
+                running[pool.submit(_fit_fold_in_worker, cfg, fold, run)] = fold
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                fold = running.pop(future)
+                try:
+                    future.result()
+                    finished.append(fold)
+                except Exception as err:  # also a worker that died (BrokenProcessPool)
+                    failures[fold] = err
+                bar.update(1)
+    if failures:
+        raise fold_failure(failures, finished, waiting)
+
+
+_WORKER_DATA: dict[str, Stage1Data] = {}  # one load per worker process, reused by its next folds
+
+
+def _start_fold_worker(threads: int, records: Any) -> None:
+    torch.set_num_threads(threads)
+    send_records_to(records)
+
+
+def _fit_fold_in_worker(cfg: Config, fold: int, run: Run) -> None:
+    cfg = cfg.model_copy(deep=True)
+    cfg.stage1.progress = False  # the parent draws the one bar; per-batch bars would interleave
+    env = setup(cfg.stage1.device)
+    if "data" not in _WORKER_DATA:
+        _WORKER_DATA["data"] = load_data(cfg, env)  # folds and caches exist: opened, not rebuilt
+    fit_fold(cfg, _WORKER_DATA["data"], fold, run, env)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -49,7 +49,7 @@ def test_settings_that_cannot_change_results_leave_the_signature():
 
 def test_the_rule_drops_non_result_keys_at_any_depth():
     stage = Stage("s", sections=("stage1", "stage2"))
-    config = {"stage1": {"epochs": 3, "threads": 2, "num_workers": 4, "progress": True},
+    config = {"stage1": {"epochs": 3, "threads": 2, "num_workers": 4, "fold_workers": 2, "progress": True},
               "stage2": {"n_jobs": 2, "executor": "joblib", "params": {"a": {"n_jobs": 8, "lr": 1}}},
               "blend": {"x": 1}, "data_dir": "/d"}
     assert stage.result_config(copy.deepcopy(config)) == {

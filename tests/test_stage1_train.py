@@ -324,3 +324,64 @@ def test_no_scored_row_reaches_epoch_selection(trained, monkeypatch, select):
 def test_select_best_is_refused_with_the_reason():
     with pytest.raises(Exception, match="scored fold"):
         load_config("demo", ["stage1.select=best"])
+
+
+def test_folds_in_worker_processes_match_the_sequential_run(trained):
+    """`stage1.fold_workers=2`: the folds train two at a time in spawned processes (one torch
+    thread each, as the sequential fixture run had) and every output is bitwise the same; the
+    setting stays out of the run's signature."""
+    root, data, single = trained["root"], trained["data"], trained["run"]
+    cfg = load_config("demo", [*_overrides(data.root, root / "out", "tiny_workers"),
+                               "stage1.threads=2", "stage1.fold_workers=2"])
+    assert train_module.fold_workers(cfg, train_module.setup("cpu"), N_SPLITS) == 2
+    run = train_module.run_stage1(cfg)
+    assert run.is_done() and run.config_hash == single.config_hash
+    for name in (OOF_FILE, TEST_FILE, *(f"fold{k}/{f}" for k in range(N_SPLITS) for f in (TEST_EMB_FILE,))):
+        a, b = run.dir / name, single.dir / name
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(a), np.load(b))
+        else:
+            pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    np.testing.assert_array_equal(np.load(run.dir / OOF_EMB_FILE), np.load(single.dir / OOF_EMB_FILE))
+    log = (run.dir / "log.txt").read_text()  # the workers' lines reach the run's log, whole
+    for k in range(N_SPLITS):
+        assert f"stage1 fold {k}: kept epoch 1" in log and f"fold {k} epoch 1: train loss" in log
+
+
+def test_a_failing_fold_in_a_worker_names_itself_and_the_others_are_kept(trained):
+    """Fold 1 cannot write its folder (a file stands in its place): the error says fold 1 and why,
+    fold 0, trained beside it, keeps its files, and a rerun trains fold 1 alone."""
+    root, data = trained["root"], trained["data"]
+    cfg = load_config("demo", [*_overrides(data.root, root / "out", "tiny_fail"), "stage1.folds=[0,1]",
+                               "stage1.threads=2", "stage1.fold_workers=2"])
+    run_dir = cfg.experiment_dir / "stage1" / cfg.stage1.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "fold1").write_text("in the way")
+    with pytest.raises(FileExistsError) as failure:
+        train_module.run_stage1(cfg)
+    note = " ".join(getattr(failure.value, "__notes__", []))
+    assert "stage1 fold 1 failed" in note and "folds [0] finished and are kept" in note
+    assert (run_dir / "fold0" / "done.json").exists() and (run_dir / "fold0" / OOF_FILE).exists()
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "running"
+    kept = (run_dir / "fold0" / OOF_FILE).stat().st_mtime_ns
+    (run_dir / "fold1").unlink()
+    run = train_module.run_stage1(cfg)
+    assert run.is_done() and (run_dir / "fold0" / OOF_FILE).stat().st_mtime_ns == kept
+    assert set(pd.read_parquet(run_dir / OOF_FILE)["fold"]) == {0, 1}
+
+
+def test_fold_workers_auto_follows_the_threads_and_is_one_on_a_gpu_or_under_ddp():
+    from stage1_nn.distributed import DistEnv
+    from trajstack.config import ConfigError
+
+    cpu, ddp, gpu = DistEnv(), DistEnv(rank=0, world=2), DistEnv(device=torch.device("cuda"))
+    assert train_module.fold_workers(load_config("demo", ["stage1.threads=2"]), cpu, 5) == 2
+    assert train_module.fold_workers(load_config("demo", ["stage1.threads=8"]), cpu, 5) == 5  # folds left
+    assert train_module.fold_workers(load_config("demo", ["stage1.threads=1"]), cpu, 5) == 1
+    assert train_module.fold_workers(load_config("demo", ["stage1.threads=2"]), cpu, 1) == 1
+    for env in (ddp, gpu):
+        assert train_module.fold_workers(load_config("demo", ["stage1.threads=8"]), env, 5) == 1
+        with pytest.raises(ConfigError, match="stage1.fold_workers=2 .* use stage1.fold_workers=auto or 1"):
+            train_module.fold_workers(load_config("demo", ["stage1.fold_workers=2"]), env, 5)
+    with pytest.raises(ValueError, match="fold_workers"):
+        load_config("demo", ["stage1.fold_workers=0"])

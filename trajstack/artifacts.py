@@ -52,7 +52,7 @@ LOCATION_KEYS = ("experiment", "data_dir", "output_dir", "cache")
 # counts can reorder float sums or reseed augmentation streams: results then differ in noise,
 # not in kind, and a run is not redone for it.)
 NON_RESULT_KEYS = frozenset({"n_jobs", "threads", "executor", "ray_address", "num_workers",
-                             "progress"})
+                             "fold_workers", "progress"})
 
 # Artifact file names, defined once: every stage, reader and test uses these.
 OOF_FILE = "oof.parquet"

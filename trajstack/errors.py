@@ -14,8 +14,10 @@ class TrajstackError(Exception):
 
 
 def one_line(err: BaseException) -> str:
-    """The error's message on one line (a multi-line message's lines joined by '; ')."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """The error's message on one line (a multi-line message's lines joined by '; '), its notes
+    (`add_note`: context added on the way up, e.g. which fold failed) after it."""
+    text = "\n".join([str(err), *getattr(err, "__notes__", ())])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
     head, rest = lines[0], lines[1:]

@@ -6,14 +6,22 @@
   is opened or the command ends, so everything a stage says about a run lands in that run's
   file as well as on the console.
 tqdm progress bars stay as they are (stderr, disabled off a terminal).
+- Worker processes: `send_records_to(queue)` in the worker and `relay_records(queue)` in the
+  parent, so that the parent's console and run file stay the only writers (whole lines, never
+  two processes' output interleaved).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import logging.handlers
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = "trajstack"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -86,3 +94,36 @@ def detach_run_files() -> None:
     for handler in [h for h in _root.handlers if isinstance(h, RunFileHandler)]:
         _root.removeHandler(handler)
         handler.close()
+
+
+def send_records_to(queue: Any) -> None:
+    """In a worker process: put every project log record on `queue` instead of writing it."""
+    for handler in list(_root.handlers):
+        _root.removeHandler(handler)
+    _root.addHandler(logging.handlers.QueueHandler(queue))
+
+
+@contextlib.contextmanager
+def relay_records(queue: Any, around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                  ) -> Iterator[None]:
+    """In the parent, for the block: hand each record workers put on `queue` to this process's
+    handlers (console, the open run's log.txt) as if it were logged here.
+
+    Parameters
+    ----------
+    queue : a multiprocessing queue the workers were given (`send_records_to`).
+    around : context entered around each write, e.g. `tqdm.external_write_mode` so that a
+        progress bar is cleared and redrawn instead of garbled.
+    """
+    def relay() -> None:
+        while (record := queue.get()) is not None:
+            with around():
+                logging.getLogger(record.name).handle(record)
+
+    thread = threading.Thread(target=relay, name="log-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        queue.put(None)  # after every worker's records: the queue is first in, first out
+        thread.join()
