@@ -61,6 +61,9 @@ def test_project_errors_share_one_base_class():
         assert issubclass(cls, TrajstackError), cls
     assert issubclass(ConfigError, ValueError) and issubclass(DataError, ValueError)  # old excepts hold
     assert one_line(ConfigError("invalid config:\n  a: bad\n  b: worse")) == "invalid config: a: bad; b: worse"
+    noted = ConfigError("bad value")
+    noted.add_note("stage1 fold 1 failed (folds [0] finished and are kept)")  # context added on the way up
+    assert one_line(noted) == "bad value; stage1 fold 1 failed (folds [0] finished and are kept)"
 
 
 @pytest.mark.parametrize("command, extra, needles", [

@@ -346,6 +346,12 @@ def test_folds_in_worker_processes_match_the_sequential_run(trained):
     log = (run.dir / "log.txt").read_text()  # the workers' lines reach the run's log, whole
     for k in range(N_SPLITS):
         assert f"stage1 fold {k}: kept epoch 1" in log and f"fold {k} epoch 1: train loss" in log
+        assert (run.dir / f"fold{k}" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # a worker's checkpoint predicts the test rows as the run wrote them
+    test_frame, _ = predict_checkpoint(run.dir / "fold1" / CHECKPOINT_FILE, split="test")
+    written = pd.read_parquet(run.dir / "fold1" / TEST_FILE)
+    np.testing.assert_allclose(test_frame.drop(columns="ID").to_numpy(), written.drop(columns="ID").to_numpy(),
+                               atol=1e-5)
 
 
 def test_a_failing_fold_in_a_worker_names_itself_and_the_others_are_kept(trained):

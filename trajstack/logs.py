@@ -5,10 +5,10 @@
 - Run files: `Run.begin` attaches the run's `log.txt` (timestamped lines) until the next run
   is opened or the command ends, so everything a stage says about a run lands in that run's
   file as well as on the console.
+- Worker processes (stage 1's folds at once): `send_records_to(queue)` in each worker and
+  `relay_records(queue)` in the parent, so that the parent's console and run file stay the only
+  writers (whole lines, never two processes' output interleaved).
 tqdm progress bars stay as they are (stderr, disabled off a terminal).
-- Worker processes: `send_records_to(queue)` in the worker and `relay_records(queue)` in the
-  parent, so that the parent's console and run file stay the only writers (whole lines, never
-  two processes' output interleaved).
 """
 
 from __future__ import annotations
