@@ -174,7 +174,8 @@ class Stage1Config(StrictModel):
     batch_size: int = 16
     eval_batch_size: int | None = None  # None: 2 x batch_size
     num_workers: int = 0
-    threads: int | None = None  # torch CPU threads per process (None: cores / processes)
+    # torch CPU threads per process (None: cores / processes); split among the fold workers
+    threads: int | None = None
     # Folds trained at once on CPU, each in its own spawned process with `threads // N` torch
     # threads: a small net at 32x64 keeps ~1.3 of 2 cores busy on one fold (python overhead,
     # the scene LSTM), two folds at once keep both. auto: as many as the threads allow, at most
