@@ -381,7 +381,8 @@ def test_stage1_target_baseline_adds_the_stage1_predictions_back(tiny, tmp_path)
     constant per (fold, target), so prediction - stage-1 prediction must be constant there."""
     cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "experiment=s1b"])
     run_dir = write_fake_stage1_run(cfg, noise=0.3)
-    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3"]
+    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3",
+                 "stage2.per_metre_axes=[]"]  # unscaled: the residual itself is the constant
     assert main(_args(tiny, tmp_path, "--exp", "s1b", "--learner", "lightgbm", "stage2.target_baseline=stage1",
                       "features.builders=[telemetry, stage1]", *no_splits)) == 0
     out = tmp_path / "s1b" / "stage2" / "lightgbm"
