@@ -30,6 +30,10 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   (sub-pixel, by cross-correlating its per-row edge-strength and intensity profiles): far away,
   the view moves only with the camera's pitch, so this is the pitch change between frames, the
   change of the road's grade under the car (pitch change / fy radians per pixel).
+- `row_colours`: the colour of each row of the frame at t in its upper part (median over the
+  columns, so a pole or a car does not count) and its distance to the top row's colour: where
+  the sky, the skyline and the far ground lie row by row, at full resolution, for the GBDT to
+  read the horizon's row (hence the pitch) from directly.
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -224,6 +228,22 @@ def colour_row_stats(frames: np.ndarray, share: float = 0.75) -> dict[str, np.nd
     return out
 
 
+def row_colour_stats(frames: np.ndarray, share: float = 0.625) -> dict[str, np.ndarray]:
+    """Column-median colour of each row of the frame at t in the upper `share` of the frame, and
+    each row's colour distance (Euclidean over channels) to the top row's.
+
+    frames : uint8 (n, frames, H, W, C).
+    """
+    x = frames[:, -1].astype(np.float32) / 255.0
+    upper = max(1, int(round(x.shape[1] * share)))
+    colour = np.median(x[:, :upper], axis=2)                           # (n, rows, C)
+    from_top = np.linalg.norm(colour - colour[:, :1], axis=-1)         # (n, rows)
+    out = {f"rowcolour_r{r:02d}_c{c}": colour[:, r, c]
+           for r in range(upper) for c in range(colour.shape[-1])}
+    out |= {f"rowcolour_from_top_r{r:02d}": from_top[:, r] for r in range(1, upper)}
+    return out
+
+
 def profile_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
     """(n, L) profiles -> (n,) sub-pixel shift s (|s| <= max_shift) with b[r + s] most like a[r]
     (cross-correlation of the mean-removed profiles over their overlap, parabola at the peak)."""
@@ -373,6 +393,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= vertical_shift_stats(g)
         elif group == "colour_rows":
             out |= colour_row_stats(frames)
+        elif group == "row_colours":
+            out |= row_colour_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`
             out |= {f"edge_peak_row_f{f}": r for f, r in enumerate(edge_peak_rows(g).T)}
         else:

@@ -48,6 +48,12 @@ class Stage2Config(StrictModel):
     # piecewise constant: fitting a 0-90 m target directly wastes them on reproducing the
     # speed, fitting the residual spends them on corrections.
     target_baseline: Literal["none", "physics", "stage1", "auto"] = "auto"
+    # Axes (dataset.axes) whose GBDTs learn that residual per metre travelled: divided by the
+    # constant-acceleration distance to each horizon (features.physics speed and acceleration,
+    # floored at 1 m), the prediction multiplied back. A height change ahead is the road's grade
+    # times the distance, so the trees learn the grade, one function of the frames, instead of
+    # its product with the speed (which trees, piecewise constant, approximate poorly).
+    per_metre_axes: list[str] = []
     # Features shown in importance.png.
     importance_top: int = 30
 

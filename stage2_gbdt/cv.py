@@ -125,6 +125,8 @@ def cross_validate(
     target_names: list[str],
     baseline_train: np.ndarray | None = None,
     baseline_test: np.ndarray | None = None,
+    scale_train: np.ndarray | None = None,
+    scale_test: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     early_stopping_rounds: int = 100,
     stop_fraction: float = 0.2,
@@ -149,6 +151,8 @@ def cross_validate(
     target_names : names of Y's columns (for scores and importance).
     baseline_train, baseline_test : optional (n, n_targets) baselines; the learners then fit
         Y - baseline and the baseline is added back to every prediction (residual mode).
+    scale_train, scale_test : optional (n, n_targets) positive scales; the learners then fit
+        (Y - baseline) / scale and every prediction is multiplied back (1: unscaled).
     groups : (n_train,) scene of each row; the inner early-stopping holdout keeps groups whole
         (None: every row is its own group).
     early_stopping_rounds, stop_fraction, refit : patience (0: a fixed number of rounds, no
@@ -164,6 +168,8 @@ def cross_validate(
     base_train = np.zeros_like(Y) if baseline_train is None else np.asarray(baseline_train, float)
     base_test = (np.zeros((len(Xt), Y.shape[1])) if baseline_test is None
                  else np.asarray(baseline_test, float))
+    scale_train = np.ones_like(Y) if scale_train is None else np.asarray(scale_train, float)
+    scale_test = np.ones_like(base_test) if scale_test is None else np.asarray(scale_test, float)
     fold_ids = sorted(int(f) for f in np.unique(folds))
     groups = np.arange(len(X)) if groups is None else np.asarray(groups)
     stopping = {"fraction": stop_fraction, "refit": refit, "seed": seed}
@@ -178,7 +184,7 @@ def cross_validate(
     tasks_of = [task for task in all_tasks if task not in finished]
 
     def execute() -> list[dict[str, Any]]:
-        shared = SharedArrays({"X": X, "X_test": Xt, "Y": Y - base_train,
+        shared = SharedArrays({"X": X, "X_test": Xt, "Y": (Y - base_train) / scale_train,
                                "folds": np.asarray(folds), "groups": groups},
                               use_ray=executor == "ray")
         tasks = [(shared, t, f, learner_key, learner_kwargs, stopping, seeds) for t, f in tasks_of]
@@ -206,8 +212,8 @@ def cross_validate(
         test[:, t] += r["test_pred"] / len(fold_ids)
         gain[:, t] += (importance[:, None] if multi else importance) / len(fold_ids)
         best.loc[target_names[t], f"fold{r['fold']}"] = r["best_iteration"]
-    oof += base_train
-    test += base_test
+    oof = oof * scale_train + base_train
+    test = test * scale_test + base_test
     importance = pd.DataFrame(gain, index=columns, columns=target_names)
     return CVResult(oof, test, fold_scores(Y, oof, folds, fold_ids), importance, best)
 

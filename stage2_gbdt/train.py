@@ -35,7 +35,7 @@ from trajstack.config import Config, ConfigError
 from trajstack.folds import Folds, ensure_folds
 from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
-from trajstack.physics import physics_baseline
+from trajstack.physics import per_metre_scale, physics_baseline
 from trajstack.tables import read_table
 
 Log = Callable[[str], None]
@@ -52,6 +52,8 @@ class Stage2Data:
     labels: pd.DataFrame  # ID + target columns, train-table order
     baseline_train: np.ndarray | None = None
     baseline_test: np.ndarray | None = None
+    scale_train: np.ndarray | None = None  # `stage2.per_metre_axes` divisors (None: unscaled)
+    scale_test: np.ndarray | None = None
 
 
 def parse_learners(values: list[str] | None, cfg: Config) -> list[str]:
@@ -82,6 +84,10 @@ def prepare(cfg: Config, log: Log = logger.info) -> Stage2Data:
                               "for a stage 2 without stage 1")
         # The same runs, folds and checks as the stage-1 features (so the feature hash covers them).
         data.baseline_train, data.baseline_test = stage1_baseline(BuildContext(cfg, train, test, folds=folds))
+    if cfg.stage2.per_metre_axes:
+        data.scale_train, data.scale_test = (
+            per_metre_scale(table, spec, cfg.features.physics, cfg.stage2.per_metre_axes)
+            for table in (train, test))
     return data
 
 
@@ -100,7 +106,7 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         key, params, ft.train[ft.feature_columns], data.labels[cfg.dataset.target_columns].to_numpy(float),
         ft.test[ft.feature_columns], data.folds.fold_of(ft.train[ft.id_column]),
         target_names=cfg.dataset.target_columns, baseline_train=data.baseline_train,
-        baseline_test=data.baseline_test,
+        baseline_test=data.baseline_test, scale_train=data.scale_train, scale_test=data.scale_test,
         groups=data.folds.scene_of(ft.train[ft.id_column]),
         early_stopping_rounds=s2.early_stopping_rounds, stop_fraction=s2.stop_fraction,
         refit=s2.refit, seed=cfg.seed, seeds=s2.seeds, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,

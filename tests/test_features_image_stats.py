@@ -87,6 +87,30 @@ def test_vertical_shift_is_the_shift_of_the_view(dy):
         assert stats[f"img_vshift_{name}_f0f2"] == pytest.approx(2 * dy, abs=0.3)
 
 
+def test_row_colours_read_the_frame_at_t_row_by_row_past_a_pole():
+    """Sky colour above row r, ground below, a dark pole over a few columns; the older frames
+    put the boundary elsewhere and must not count."""
+    r = 19
+    frames = []
+    for boundary in (5, 30, r):                        # oldest first: the frame at t is the last
+        frame = np.empty((64, 128, 3), np.uint8)
+        frame[:boundary] = (90, 140, 230)
+        frame[boundary:] = (70, 110, 40)
+        frame[3:, 60:63] = 10                          # a pole: the column median ignores it
+        frames.append(frame)
+    stats = image_statistics(np.stack(frames)[None], ["row_colours"], (4, 4), 16).iloc[0]
+    upper = 40                                         # 0.625 of 64 rows
+    assert len(stats) == 3 * upper + upper - 1
+    sky, ground = np.array([90, 140, 230]) / 255, np.array([70, 110, 40]) / 255
+    for row in (0, r - 1, r, upper - 1):
+        want = sky if row < r else ground
+        got = [stats[f"img_rowcolour_r{row:02d}_c{c}"] for c in range(3)]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    from_top = np.array([stats[f"img_rowcolour_from_top_r{row:02d}"] for row in range(1, upper)])
+    np.testing.assert_allclose(from_top[: r - 1], 0, atol=1e-6)
+    np.testing.assert_allclose(from_top[r - 1:], np.linalg.norm(sky - ground), atol=1e-6)
+
+
 def test_horizon_pitch_and_height_change_follow_the_horizon_row():
     spec = load_config("demo").dataset
     physics = load_config("demo").features.physics

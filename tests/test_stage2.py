@@ -18,9 +18,11 @@ from stage2_gbdt.resume import FitStore
 from stage2_gbdt.train import parse_learners, target_baseline
 from trajstack.artifacts import OOF_FILE, TEST_FILE
 from trajstack.cli import main as cli_main
-from trajstack.config import load_config
+from trajstack.config import ConfigError, load_config
 from trajstack.folds import load_folds
+from trajstack.physics import per_metre_scale
 from trajstack.registry import RegistryError
+from trajstack.tables import read_table
 
 SMALL = {
     "lightgbm": {"n_estimators": 25, "num_leaves": 4, "min_child_samples": 3, "learning_rate": 0.2},
@@ -379,7 +381,8 @@ def test_stage1_target_baseline_adds_the_stage1_predictions_back(tiny, tmp_path)
     constant per (fold, target), so prediction - stage-1 prediction must be constant there."""
     cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "experiment=s1b"])
     run_dir = write_fake_stage1_run(cfg, noise=0.3)
-    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3"]
+    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3",
+                 "stage2.per_metre_axes=[]"]  # unscaled: the residual itself is the constant
     assert main(_args(tiny, tmp_path, "--exp", "s1b", "--learner", "lightgbm", "stage2.target_baseline=stage1",
                       "features.builders=[telemetry, stage1]", *no_splits)) == 0
     out = tmp_path / "s1b" / "stage2" / "lightgbm"
@@ -404,3 +407,54 @@ def test_target_baseline_auto_and_stage1_without_stage1(tiny, tmp_path, capsys):
     assert main(_args(tiny, tmp_path, "--learner", "lightgbm", "features.stage1=false",
                       "stage2.target_baseline=stage1")) == 2
     assert "stage2.target_baseline=physics" in capsys.readouterr().err
+
+
+def test_per_metre_scale_is_the_distance_to_each_horizon_on_the_named_axes():
+    cfg = load_config("demo")
+    spec, physics = cfg.dataset, cfg.features.physics
+    table = pd.DataFrame({physics.speed_column: [10.0, 0.0, 4.0], physics.accel_column: [0.0, 0.0, -2.0]})
+    scale = per_metre_scale(table, spec, physics, ["z"])
+    for k, t in enumerate(spec.horizons_s):
+        z, x = spec.target_columns.index(f"z_{k}"), spec.target_columns.index(f"x_{k}")
+        assert scale[0, z] == pytest.approx(10 * t)         # cruising: speed x time
+        assert scale[1, z] == 1.0                           # standing: the 1 m floor
+        assert scale[2, z] == pytest.approx(max(1.0, 4 * min(t, 2) - min(t, 2) ** 2))  # stops at 2 s
+        assert (scale[:, x] == 1).all()                     # other axes unscaled
+    assert (per_metre_scale(table, spec, physics, []) == 1).all()
+    with pytest.raises(ConfigError, match="per_metre_axes"):
+        per_metre_scale(table, spec, physics, ["w"])
+
+
+def test_scaled_targets_learn_a_rate_times_a_distance_the_features_lack():
+    """y = f(a) * d with d not among the features: per-metre fitting recovers it, direct cannot."""
+    X, _, folds = synthetic()
+    d = np.random.default_rng(1).uniform(1, 40, size=len(X))[:, None] * np.ones((1, 2))
+    Y = np.where(X[["a"]].to_numpy() > 0, 0.05, -0.03) * d
+    kwargs = {"target_names": ["t0", "t1"], "early_stopping_rounds": 5}
+    scaled = cross_validate("lightgbm", SMALL["lightgbm"], X, Y, X.iloc[:10], folds,
+                            scale_train=d, scale_test=d[:10], **kwargs)
+    direct = cross_validate("lightgbm", SMALL["lightgbm"], X, Y, X.iloc[:10], folds, **kwargs)
+    assert scaled.scores["mae"] < 0.05 and direct.scores["mae"] > 5 * scaled.scores["mae"]
+    expected_test = np.where(X["a"].to_numpy()[:10] > 0, 0.05, -0.03)[:, None] * d[:10]
+    np.testing.assert_allclose(scaled.test, expected_test, atol=0.05)
+
+
+def test_stage2_per_metre_axes_multiplies_each_prediction_by_its_distance(tiny, tmp_path, capsys):
+    """With trees that cannot split, a prediction is one constant per (fold, target): times the
+    distance to the horizon on the z targets, the constant itself on the others."""
+    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3"]
+    common = ["--learner", "lightgbm", "--exp", "pm", "features.stage1=false", "stage2.target_baseline=none",
+              "features.builders=[telemetry]", *no_splits]
+    assert main(_args(tiny, tmp_path, *common, "stage2.per_metre_axes=[z]")) == 0
+    cfg = load_config("demo", [f"data_dir={tiny.root}"])
+    spec = cfg.dataset
+    oof = pd.read_parquet(tmp_path / "pm" / "stage2" / "lightgbm" / OOF_FILE)
+    train = read_table(tiny.root, spec, "train").set_index(spec.id_column).loc[oof["ID"]]
+    scale = per_metre_scale(train, spec, cfg.features.physics, ["z"])
+    per_metre = oof[spec.target_columns].to_numpy() / scale
+    spread = pd.DataFrame(per_metre, columns=spec.target_columns).groupby(oof["fold"].to_numpy()).agg(
+        lambda v: v.max() - v.min())
+    assert spread.to_numpy().max() < 1e-9
+    assert np.ptp(scale[:, spec.target_columns.index("z_5")]) > 1  # the distances differ by row
+    assert main(_args(tiny, tmp_path, *common, "stage2.per_metre_axes=[w]")) == 2
+    assert "per_metre_axes" in capsys.readouterr().err

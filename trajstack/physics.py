@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import PhysicsConfig
+from trajstack.config import ConfigError
 from trajstack.spec import DatasetSpec
 
 # Fallback order when the chosen baseline is NaN (e.g. no steering column): simpler models.
@@ -122,3 +123,36 @@ def physics_baseline(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig)
     for model in chain[1:]:
         base = np.where(np.isnan(base), forecasts[model], base)
     return np.nan_to_num(base, nan=0.0)
+
+
+def per_metre_scale(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig, axes: list[str],
+                    floor_m: float = 1.0) -> np.ndarray:
+    """(n, n_targets) divisor that turns a target into a change per metre travelled.
+
+    On the targets of `axes`: the constant-acceleration distance to the target's horizon
+    (`travelled_distance`; a missing acceleration counts as 0, a missing speed as standstill),
+    at least `floor_m`, so that a standing car's target is not blown up; 1 on every other target.
+
+    Parameters
+    ----------
+    table : typed table holding `cfg.speed_column` and `cfg.accel_column`.
+    spec : dataset spec (axes, horizons, target order).
+    cfg : `features.physics` (column names).
+    axes : axes to scale (each one of `spec.axes`, else a ConfigError).
+    floor_m : smallest divisor, metres.
+    """
+    unknown = [a for a in axes if a not in spec.axes]
+    if unknown:
+        raise ConfigError(f"stage2.per_metre_axes names {unknown}, not in dataset.axes {spec.axes}: "
+                          "name axes of the dataset (the demo: [z])")
+    scale = np.ones((len(table), len(spec.target_columns)))
+    if not axes:
+        return scale
+    speed = np.nan_to_num(telemetry_column(table, cfg.speed_column, "speed_column", spec), nan=0.0)
+    accel = np.nan_to_num(telemetry_column(table, cfg.accel_column, "accel_column", spec), nan=0.0)
+    n_axes = len(spec.axes)
+    for k, t in enumerate(spec.horizons_s):
+        distance = np.maximum(travelled_distance(speed, accel, t), floor_m)
+        for axis in axes:
+            scale[:, k * n_axes + spec.axes.index(axis)] = distance  # targets are horizon-major
+    return scale
