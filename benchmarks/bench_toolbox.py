@@ -77,6 +77,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "hold_schedule": ("warmup / hold / cool-down schedule", ["stage1.optim.schedule=hold"]),
     "sam": ("SAM around AdamW, rho 0.05", ["stage1.optim.name=sam"]),
     "muon": ("Muon (matrices; float32 Newton-Schulz on CPU) + AdamW", ["stage1.optim.name=muon"]),
+    "muon_seed2": ("the same, another seed", ["stage1.optim.name=muon", "stage1.seed_offset=1"]),
     "stem_stride_2": ("stem surgery: first stride / 2", ["stage1.model.stem_stride_divisor=2"]),
 }
 
