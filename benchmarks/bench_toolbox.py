@@ -63,9 +63,12 @@ SHARE_AXIS = "z"  # the axis only the frames carry
 ROWS: dict[str, tuple[str, list[str]]] = {
     BASELINE: ("the demo's stage 1", []),
     "baseline_seed2": ("the same, another seed (chance spread)", ["stage1.seed_offset=1"]),
+    "baseline_seed3": ("the same, a third seed", ["stage1.seed_offset=2"]),
     "pixel_norm_dataset": ("pixel statistics of the training fold", ["stage1.model.pixel_norm=dataset"]),
     "pixel_norm_dataset_seed2": ("the same, another seed", ["stage1.model.pixel_norm=dataset",
                                                             "stage1.seed_offset=1"]),
+    "pixel_norm_dataset_seed3": ("the same, a third seed", ["stage1.model.pixel_norm=dataset",
+                                                            "stage1.seed_offset=2"]),
     "pixel_norm_sequence": ("pixel statistics of each row's frames", ["stage1.model.pixel_norm=sequence"]),
     "cutout": ("cutout, p 0.5", ["stage1.augment.cutout_p=0.5"]),
     "shift_scale": ("shift-scale, p 0.5", ["stage1.augment.shift_scale_p=0.5"]),
@@ -78,6 +81,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "sam": ("SAM around AdamW, rho 0.05", ["stage1.optim.name=sam"]),
     "muon": ("Muon (matrices; float32 Newton-Schulz on CPU) + AdamW", ["stage1.optim.name=muon"]),
     "muon_seed2": ("the same, another seed", ["stage1.optim.name=muon", "stage1.seed_offset=1"]),
+    "muon_seed3": ("the same, a third seed", ["stage1.optim.name=muon", "stage1.seed_offset=2"]),
     "stem_stride_2": ("stem surgery: first stride / 2", ["stage1.model.stem_stride_divisor=2"]),
 }
 
