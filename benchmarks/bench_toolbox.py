@@ -196,9 +196,13 @@ def to_markdown(rows: list[dict[str, Any]], epochs: int | None,
                       f"{perc['mae']:.4f}, {SHARE_AXIS} {tel[SHARE_AXIS]:.4f} / {perc[SHARE_AXIS]:.4f}; "
                       f"folds `{references['fold_hash']}`); negative where stage 1 alone is worse "
                       "than telemetry-only stage 2. The stacked share is the ladder table's.")
+    seeds = [r["fold0_mae"] for n, r in by_name.items() if n == BASELINE or n.startswith(f"{BASELINE}_seed")]
+    spread = (f" Chance spread: the baseline's {len(seeds)} seeds span {max(seeds) - min(seeds):.4f} "
+              "(fold-0 MAE): differences within it are chance."
+              if len(seeds) > 1 else "")
     lines = [f"**Stage-1 toolbox ablation** — demo, fold {FOLD} only, {epochs} epochs each, "
              "one switch per row against the demo's stage 1 (configs/demo.yaml); "
-             "Δ against that baseline (negative: better). "
+             f"Δ against that baseline's first seed (negative: better).{spread} "
              f"{share_note} {machine_note(machine_info())}", "",
              f"| switch | overrides | fold-0 MAE | Δ | share | {SHARE_AXIS} MAE | share {SHARE_AXIS} "
              "| test MAE | Δ | s / epoch | × time |",
