@@ -82,6 +82,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "muon": ("Muon (matrices; float32 Newton-Schulz on CPU) + AdamW", ["stage1.optim.name=muon"]),
     "muon_seed2": ("the same, another seed", ["stage1.optim.name=muon", "stage1.seed_offset=1"]),
     "muon_seed3": ("the same, a third seed", ["stage1.optim.name=muon", "stage1.seed_offset=2"]),
+    "muon_pixel_norm_dataset": ("Muon and the training fold's pixel statistics (the two wins)",
+                                ["stage1.optim.name=muon", "stage1.model.pixel_norm=dataset"]),
+    "muon_pixel_norm_dataset_seed2": ("the same, another seed", ["stage1.optim.name=muon",
+                                                                 "stage1.model.pixel_norm=dataset",
+                                                                 "stage1.seed_offset=1"]),
     "stem_stride_2": ("stem surgery: first stride / 2", ["stage1.model.stem_stride_divisor=2"]),
 }
 
