@@ -2,9 +2,9 @@
 
 Every row is one `trajstack stage1` run of the configured recipe (the demo's: ConvNeXt-atto +
 BiLSTM, physics baseline, 3 epochs) on fold 0 only, with one switch changed; the same epochs,
-batch size and seed for every row. The baseline is run again with another seed
-(`stage1.seed_offset`), so the table shows how far two runs differ by chance alone: a switch
-whose effect is smaller than that is noise. Scores are the fold-0 OOF MAE and the MAE of the
+batch size and seed for every row. The baseline, and every switch that won on its first seed,
+is run again with other seeds (`stage1.seed_offset`), so the table shows how far runs differ by
+chance alone: a switch whose effect is smaller than that is noise. Scores are the fold-0 OOF MAE and the MAE of the
 fold-0 model on the test rows (drivesim's `oracle/test_labels.csv`; the benchmark reads it to
 score, the pipeline never does); time is the mean training seconds per epoch (validation
 excluded) on this machine as it was, busy or not.
