@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.bench_pipeline import machine_info, machine_note, run_stages, stage_commands
-from benchmarks.readme_table import update_readme_table
+from benchmarks.readme_table import print_and_write
 from ensembling.oracle import FLOOR_FILE, LABELS_FILE, ORACLE_DIR, test_score
 from ensembling.report import finished_blend
 from features.build import BUILDERS
@@ -187,6 +187,34 @@ def _predictions(frame: pd.DataFrame, ids: np.ndarray, id_col: str, targets: lis
     return table.loc[ids, targets].to_numpy(float)
 
 
+def reference_oof(cfgs: dict[str, Config], learner: str, ids: np.ndarray) -> tuple[str, dict[str, np.ndarray]]:
+    """OOF predictions of the telemetry-only and perception-oracle stage 2 on the rows `ids`.
+
+    Parameters
+    ----------
+    cfgs : config of the `telemetry` and `perception` experiments, and of any other experiment
+        (e.g. a benchmark's own) whose folds must be the same.
+    learner : the stage-2 learner of the two reference runs.
+    ids : train IDs to read, in that order.
+
+    Returns
+    -------
+    (fold hash, {role: (len(ids), n_targets) predictions}); a LadderError or FoldMismatchError
+    when a run is missing, not a reference, or made on other folds.
+    """
+    fold_hash = _fold_hashes(cfgs)
+    preds = {}
+    for role in ("telemetry", "perception"):
+        run = _stage2_run(cfgs[role], learner, fold_hash, role)
+        if run.fold_hash != fold_hash:
+            raise FoldMismatchError(f"{run.dir} was built on folds {run.fold_hash}, its experiment on "
+                                    f"{fold_hash}; rerun it on the current folds")
+        spec = cfgs[role].dataset
+        preds[role] = _predictions(run.oof(), ids, spec.id_column, spec.target_columns,
+                                   f"{run.dir}/oof.parquet")
+    return fold_hash, preds
+
+
 def _scores(report: dict[str, Any]) -> dict[str, Any]:
     return {"mae": report["mae"], **{a: v for a, v in report["per_axis"].items()}}
 
@@ -328,9 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as err:
         print(f"bench ladder: {err}", file=sys.stderr)
         return 2
-    print(result["markdown"])
-    if args.readme:
-        update_readme_table(args.readme, MARKER, result["markdown"])
+    print_and_write(result, result["markdown"], args.readme, MARKER)
     return 0
 
 

@@ -3,7 +3,8 @@
 Every optimiser sees the same four parameter groups: backbone / rest (separate learning
 rates), each with and without weight decay (no decay on biases and norm weights). Keys:
 `adamw`, `sgd` (nesterov momentum), `sam` (sharpness-aware, around another key) and `muon`
-(Newton-Schulz orthogonalised momentum on 2-D weights, AdamW on the rest). Schedules:
+(Newton-Schulz orthogonalised momentum on 2-D weights, AdamW on the rest; float32
+orthogonalisation on CPU, see `stage1_nn.muon`). Schedules:
 `cosine` (warmup + cosine) and `hold` (warmup, hold, linear cool-down).
 """
 
@@ -79,8 +80,11 @@ def _muon(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     # biases and norms stay with AdamW, as its authors recommend.
     matrices = [{**g, "params": [p for p in g["params"] if p.ndim == 2]} for g in groups]
     others = [{**g, "params": [p for p in g["params"] if p.ndim != 2]} for g in groups]
+    from .muon import Muon  # needs torch.optim.Muon
+
     momentum = 0.95 if cfg.momentum is None else cfg.momentum
-    parts = [torch.optim.Muon([g for g in matrices if g["params"]], momentum=momentum),
+    parts = [Muon([g for g in matrices if g["params"]], momentum=momentum, ns_steps=cfg.muon.ns_steps,
+                  ns_dtype=cfg.muon.ns_dtype, adjust_lr_fn=cfg.muon.adjust_lr),
              torch.optim.AdamW([g for g in others if g["params"]], betas=cfg.betas, eps=cfg.eps)]
     return ChainedOptimizer([p for p in parts if p.param_groups])
 

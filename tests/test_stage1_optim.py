@@ -146,3 +146,62 @@ def test_hold_schedule_holds_then_cools_down_linearly():
     assert lr[80:] == pytest.approx([1.0 - 0.9 * i / 20 for i in range(20)])  # linear cool-down
     cosine = _factors("cosine")
     assert cosine[50] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 40 / 90)))
+
+
+def _reference_orthogonalisation(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz, written out in float64."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = update.double().T  # (out, in) with out > in: torch iterates on the wide side
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T
+
+
+def _one_muon_step(optimizer_factory, steps: int = 5):
+    """Weight change of a 64x16 matrix after one Muon step with momentum 0 and no decay, and the
+    float64 reference of that change."""
+    torch.manual_seed(3)
+    weight = nn.Parameter(torch.randn(64, 16))
+    weight.grad = torch.randn(64, 16)
+    w0 = weight.detach().clone()
+    optimizer_factory([weight]).step()
+    lr_scale = 0.2 * math.sqrt(64)  # match_rms_adamw
+    return weight.detach() - w0, -0.1 * lr_scale * _reference_orthogonalisation(weight.grad, steps).float()
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_muon_orthogonalises_in_float32_on_cpu_and_its_keys_reach_the_optimiser():
+    from stage1_nn.muon import Muon
+
+    kw = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"}
+    # bfloat16: exactly torch's own step (only the dtype is ours to choose)
+    ours_bf16, _ = _one_muon_step(lambda p: Muon(p, ns_dtype="bfloat16", **kw))
+    torch_bf16, reference = _one_muon_step(lambda p: torch.optim.Muon(p, **kw))
+    assert torch.equal(ours_bf16, torch_bf16)
+    # auto on CPU: float32, the reference to float precision; torch's bfloat16 is visibly off
+    ours_auto, _ = _one_muon_step(lambda p: Muon(p, **kw))
+    assert torch.allclose(ours_auto, reference, atol=1e-5, rtol=1e-4)
+    assert (torch_bf16 - reference).abs().max() > 1e-3
+    # fewer Newton-Schulz steps: another update, still the reference's for those steps
+    ours_two, _ = _one_muon_step(lambda p: Muon(p, ns_steps=2, **kw), steps=2)
+    _, reference_two = _one_muon_step(lambda p: Muon(p, ns_steps=2, **kw), steps=2)
+    assert torch.allclose(ours_two, reference_two, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours_two, ours_auto, atol=1e-3)
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon([nn.Parameter(torch.zeros(2, 2))], ns_dtype="float16")
+
+    # through the registry: config keys reach the group; the matrix step is float32's
+    model = TinyNet()
+    cfg = OptimConfig(name="muon", lr=0.1, weight_decay=0.0, momentum=0.0, muon={"ns_steps": 3})
+    optimizer = build_optimizer(model, cfg)
+    muon = optimizer.optimizers[0]
+    assert muon.param_groups[0]["ns_steps"] == 3 and muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
+    x, y = _batch()
+    _loss_and_gradients(model, optimizer, x, y)
+    w0, grad = model.head.weight.detach().clone(), model.head.weight.grad.clone()
+    optimizer.step()
+    # head.weight is 2x4 (wide): torch iterates on it as is; transpose twice for the helper
+    expected = -0.1 * 0.2 * math.sqrt(4) * _reference_orthogonalisation(grad.T, 3).T.float()
+    assert torch.allclose(model.head.weight.detach() - w0, expected, atol=1e-6, rtol=1e-4)
