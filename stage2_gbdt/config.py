@@ -48,6 +48,10 @@ class Stage2Config(StrictModel):
     # piecewise constant: fitting a 0-90 m target directly wastes them on reproducing the
     # speed, fitting the residual spends them on corrections.
     target_baseline: Literal["none", "physics", "stage1", "auto"] = "auto"
+    # Learners (of those run) also fitted without the stage-1 features, each stage-1 run left
+    # out in turn, as `--without-stage1 all` does (stage2/<learner>-without-<run>/); unlike
+    # those, these runs are blend inputs: a model that never saw stage 1 errs differently.
+    without_stage1: list[str] = []
     # Features shown in importance.png.
     importance_top: int = 30
 

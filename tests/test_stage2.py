@@ -31,6 +31,7 @@ SMALL = {
     "extra_trees": {"n_estimators": 25, "max_features": 0.7, "min_samples_leaf": 2},
 }
 FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
+        "stage2.without_stage1=[]",
         "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
         *(f"stage2.params.{k}={v}" for k, v in SMALL.items())]
 
