@@ -1,4 +1,5 @@
-"""Stage-2 learners: LightGBM, XGBoost, CatBoost behind one scikit-learn estimator contract.
+"""Stage-2 learners: LightGBM, XGBoost, CatBoost (and, for blend diversity, ridge and extra
+trees from scikit-learn) behind one scikit-learn estimator contract.
 
 Each is registered by string key (`create_learner("xgboost", params=...)`); an unknown key
 fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
