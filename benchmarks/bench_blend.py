@@ -93,8 +93,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """Singles, then blends with their ratio to the best single model (CV and test)."""
-    main_singles = [s for s in result["singles"] if "-without-" not in s["model"]]
-    best = min(main_singles, key=lambda s: s["cv_mae"])
+    # Every single model counts, the stage-2 runs without stage 1 too (they are blend inputs).
+    best = min(result["singles"], key=lambda s: s["cv_mae"])
     lines = ["| model | CV MAE (nested for blends) | test MAE | x best single (CV / test) | wall time (s) |",
              "|---|---|---|---|---|"]
     for s in sorted(result["singles"], key=lambda s: s["cv_mae"]):

@@ -8,6 +8,7 @@ outputs since) is left out with a one-line note naming the command that rebuilds
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,13 +66,24 @@ class BlendInputs:
     runs: list[RunResult]
 
 
-def select_runs(store: ArtifactStore, wanted: list[str] | None) -> list[RunResult]:
-    """The finished runs to blend: `wanted` ("stage/run" names) or all outside the blend stage."""
+def select_runs(store: ArtifactStore, wanted: list[str] | None,
+                without_stage1: Collection[str] = ()) -> list[RunResult]:
+    """The finished runs to blend: `wanted` ("stage/run" names) or all outside the blend stage.
+
+    A stage-2 run fitted without a stage-1 run is left out (it is there for the report) unless
+    `wanted` names it or, with `wanted` None, its learner is in `without_stage1`
+    (`stage2.without_stage1`: fitted as a blend input).
+    """
     # Only model runs: other stages (e.g. a feature cache) keep no prediction tables.
-    # A stage-2 run fitted without a stage-1 run (for the report) only when named.
+    def blended(run: RunResult) -> bool:
+        if WITHOUT_KEY not in run.meta:
+            return True
+        if wanted is None:
+            return run.meta.get("learner") in without_stage1
+        return run.name in wanted
+
     available = {r.name: r for r in store.finished_runs()
-                 if r.meta.get("stage") != BLEND_STAGE and _has_predictions(r)
-                 and (WITHOUT_KEY not in r.meta or (wanted is not None and r.name in wanted))}
+                 if r.meta.get("stage") != BLEND_STAGE and _has_predictions(r) and blended(r)}
     left_out = set()
     for name, run in list(available.items()):
         if wanted is not None and name not in wanted:
@@ -121,7 +133,7 @@ def check_fold_hashes(runs: list[RunResult], folds_hash: str) -> None:
 def load_inputs(cfg: Config, store: ArtifactStore, folds: Folds) -> BlendInputs:
     """Load, check and stack the experiment's runs (see `BlendInputs`)."""
     spec = cfg.dataset
-    runs = select_runs(store, cfg.blend.runs)
+    runs = select_runs(store, cfg.blend.runs, cfg.stage2.without_stage1)
     check_fold_hashes(runs, folds.hash)
     train = read_table(cfg.data_dir, spec, "train")
     test_ids = read_table(cfg.data_dir, spec, "test")[spec.id_column].to_numpy(str)

@@ -54,6 +54,10 @@ class Stage2Config(StrictModel):
     # times the distance, so the trees learn the grade, one function of the frames, instead of
     # its product with the speed (which trees, piecewise constant, approximate poorly).
     per_metre_axes: list[str] = []
+    # Learners (of those run) also fitted without the stage-1 features, each stage-1 run left
+    # out in turn, as `--without-stage1 all` does (stage2/<learner>-without-<run>/); unlike
+    # those, these runs are blend inputs: a model that never saw stage 1 errs differently.
+    without_stage1: list[str] = []
     # Features shown in importance.png.
     importance_top: int = 30
 

@@ -104,7 +104,7 @@ def _fit_rounds(X: np.ndarray, y: np.ndarray, train_rows: np.ndarray, groups: np
     """One learner fitted on `train_rows`: rounds early-stopped on an inner holdout (drawn with
     `holdout_seed`), then refitted on all of them when `stopping["refit"]` (see `fit_one`)."""
     model = create_learner(learner_key, **learner_kwargs)
-    if learner_kwargs["early_stopping_rounds"] > 0:
+    if learner_kwargs["early_stopping_rounds"] > 0 and model.uses_rounds:
         fit_rows, stop_rows = inner_holdout(train_rows, groups, stopping["fraction"], holdout_seed)
         model.fit(X[fit_rows], y[fit_rows], eval_set=[(X[stop_rows], y[stop_rows])])
         if stopping["refit"]:

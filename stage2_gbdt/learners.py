@@ -1,4 +1,5 @@
-"""Stage-2 learners: LightGBM, XGBoost, CatBoost behind one scikit-learn estimator contract.
+"""Stage-2 learners: LightGBM, XGBoost, CatBoost (and, for blend diversity, ridge and extra
+trees from scikit-learn) behind one scikit-learn estimator contract.
 
 Each is registered by string key (`create_learner("xgboost", params=...)`); an unknown key
 fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
@@ -48,6 +49,9 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
     rounds_param: ClassVar[str] = "n_estimators"
     # True: `fit` takes every target at once (y of shape (n_rows, n_targets)).
     multi_output: ClassVar[bool] = False
+    # False: no boosting rounds to stop early (ridge, random trees); stage 2 then fits once on
+    # all the training rows and never draws an early-stopping holdout.
+    uses_rounds: ClassVar[bool] = True
 
     def __init__(self, params: dict[str, Any] | None = None, categorical_features: tuple[int, ...] = (),
                  early_stopping_rounds: int = 100, random_state: int = 0, n_threads: int = 1,
@@ -194,6 +198,83 @@ class CatBoostMultiRegressor(CatBoostRegressor):
             raise ValueError(f"{type(self).__name__} fits all targets at once: y must be 2-D "
                              f"(n_rows, n_targets), got shape {np.shape(y)}")
         return super().fit(X, y, eval_set=eval_set)
+
+
+class RoundlessRegressor(GBDTRegressor):
+    """Base of learners with no rounds to stop early: `eval_set` is ignored, and
+    `best_iteration_` is the model's size (`n_estimators`, 0 for a linear model)."""
+
+    uses_rounds: ClassVar[bool] = False
+
+    def with_rounds(self, rounds: int) -> GBDTRegressor:
+        return type(self)(**{**self.get_params(), "early_stopping_rounds": 0})
+
+
+@LEARNERS.register("ridge")
+class RidgeRegressor(RoundlessRegressor):
+    """Ridge regression on standardised features, the penalty chosen by efficient leave-one-out
+    CV on the training rows (scikit-learn's `RidgeCV`, `params` are its arguments).
+
+    A linear model errs differently from trees (it extrapolates smoothly and never splits), so
+    it earns blend weight even where it is weaker alone. Missing values become the training
+    median (after the standardisation: 0) and categorical codes one-hot columns (a missing code:
+    all zeros). Importance: |coefficient| of each standardised column (summed over a category's
+    one-hot columns).
+    """
+
+    def _design(self, X: np.ndarray) -> np.ndarray:
+        numeric = (np.where(np.isnan(X[:, self.numeric_]), self.center_, X[:, self.numeric_])
+                   - self.center_) / self.scale_
+        onehot = [X[:, j][:, None] == levels[None, :] for j, levels in self.levels_.items()]
+        return np.hstack([numeric, *onehot]) if onehot else numeric
+
+    def fit(self, X, y, eval_set=None):
+        from sklearn.linear_model import RidgeCV
+
+        X = np.asarray(X, dtype=float)
+        cats = set(self.categorical_features)
+        self.numeric_ = np.array([j for j in range(X.shape[1]) if j not in cats], dtype=int)
+        self.levels_ = {j: np.unique(X[~np.isnan(X[:, j]), j]) for j in sorted(cats)}
+        with np.errstate(all="ignore"):  # an all-missing column: median NaN, set to 0 below
+            center = np.nanmedian(X[:, self.numeric_], axis=0)
+        self.center_ = np.nan_to_num(center)
+        filled = np.where(np.isnan(X[:, self.numeric_]), self.center_, X[:, self.numeric_])
+        scale = filled.std(axis=0)
+        self.scale_ = np.where(scale > 0, scale, 1.0)
+        params = {"alphas": (0.1, 1.0, 10.0, 100.0, 1000.0), **self.library_params()}
+        self.model_ = RidgeCV(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in params.items()}).fit(self._design(X), y)
+        coef = np.abs(self.model_.coef_)
+        importance = np.zeros(X.shape[1])
+        importance[self.numeric_] = coef[:len(self.numeric_)]
+        start = len(self.numeric_)
+        for j, levels in self.levels_.items():
+            importance[j] = coef[start:start + len(levels)].sum()
+            start += len(levels)
+        self.feature_importances_ = importance
+        self.best_iteration_ = 0
+        return self
+
+    def predict(self, X):
+        return np.asarray(self.model_.predict(self._design(np.asarray(X, dtype=float))), dtype=float)
+
+
+@LEARNERS.register("extra_trees")
+class ExtraTreesRegressor(RoundlessRegressor):
+    """scikit-learn's ExtraTreesRegressor (`params` are its arguments): averaged random-split
+    trees, no boosting. Its errors correlate less with the boosted learners' than theirs with
+    each other's, which is what a blend feeds on. Missing values go down the trees natively;
+    category codes are split on as numbers. Importance: impurity decrease."""
+
+    def fit(self, X, y, eval_set=None):
+        from sklearn.ensemble import ExtraTreesRegressor as Trees
+
+        params = {"n_estimators": 100, **self.library_params(),
+                  "random_state": self.random_state, "n_jobs": self.n_threads}
+        self.model_ = Trees(**params).fit(X, y)
+        self.best_iteration_ = int(params["n_estimators"])
+        self.feature_importances_ = np.asarray(self.model_.feature_importances_, dtype=float)
+        return self
 
 
 def create_learner(key: str, **kwargs: Any) -> GBDTRegressor:

@@ -28,6 +28,7 @@ from stage2_gbdt.without_stage1 import (
     WITHOUT_KEY,
     config_without,
     resolve_left_out,
+    stage1_run_names,
     without_run_name,
 )
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
@@ -206,7 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(cfg)
     for key in keys:
         train_learner(data, key, force=args.force)
+    train_without_stage1(cfg, keys, force=args.force)
     return 0
+
+
+def train_without_stage1(cfg: Config, keys: list[str], force: bool = False) -> list[Path]:
+    """Fit the learners of `keys` named in `stage2.without_stage1` without each stage-1 run in
+    turn (blend inputs, see Stage2Config.without_stage1); their run folders."""
+    LEARNERS.check(cfg.stage2.without_stage1)
+    wanted = [k for k in keys if k in cfg.stage2.without_stage1]
+    if not wanted or not stage1_run_names(cfg):
+        return []
+    dirs = []
+    for left_out in resolve_left_out(["all"], cfg):
+        data = prepare(config_without(cfg, left_out))
+        dirs += [train_learner(data, key, force=force, without_stage1=left_out) for key in wanted]
+    return dirs
 
 
 if __name__ == "__main__":

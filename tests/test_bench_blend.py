@@ -1,11 +1,18 @@
 """The blend benchmark: every single model and each blend variant, nested, on a finished experiment."""
 
 import pytest
-from test_blend_fixtures import make_experiment, write_all_models, write_zero_test_labels
+from test_blend_fixtures import (
+    make_experiment,
+    write_all_models,
+    write_model_run,
+    write_zero_test_labels,
+)
 
 from benchmarks import bench_blend
 from ensembling.fitting import fit_blend
 from ensembling.inputs import load_inputs
+from stage2_gbdt.without_stage1 import WITHOUT_KEY
+from trajstack.io import read_json, write_json_atomic
 from trajstack.metrics import mae_report
 
 
@@ -32,3 +39,16 @@ def test_blend_benchmark_scores_singles_and_variants_nested(tmp_path):
     best = min(result["singles"], key=lambda s: s["cv_mae"])
     assert f"Best single model: {best['model']}" in table
     assert f"{lp['cv_mae'] / best['cv_mae']:.3f} / {lp['test_mae'] / best['test_mae']:.3f}" in table
+
+
+def test_a_stage2_run_without_stage1_counts_as_a_single_model(tmp_path):
+    # It is a blend input (stage2.without_stage1), so the blend is measured against it too.
+    exp = make_experiment(tmp_path, extra_overrides=["report.enabled=false"])
+    write_all_models(exp)
+    run = write_model_run(exp, "stage2/lightgbm-without-convnext", noise=0.01, bias=0.0, seed=9)
+    meta = read_json(run.dir / "meta.json")
+    write_json_atomic(run.dir / "meta.json", {**meta, "learner": "lightgbm", WITHOUT_KEY: "convnext"})
+    write_zero_test_labels(exp)
+    result = bench_blend.run("atmacup18", str(exp.data_dir), exp.cfg.experiment,
+                             overrides=exp.overrides)
+    assert "Best single model: stage2/lightgbm-without-convnext." in bench_blend.to_markdown(result)

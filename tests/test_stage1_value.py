@@ -69,3 +69,20 @@ def test_report_says_how_to_make_the_table(experiment):
     assert cli_main(["report", *args]) == 0
     html = (cfg.experiment_dir / "report" / "index.html").read_text()
     assert "trajstack stage2 --without-stage1 all" in html
+
+
+def test_learners_in_without_stage1_are_fitted_without_it_and_blended(experiment):
+    cfg, args = experiment
+    args = [*args, "stage2.without_stage1=[lightgbm]"]
+    assert cli_main(["stage2", *args, "--learner", "lightgbm"]) == 0
+    stage2 = cfg.experiment_dir / "stage2"
+    assert {p.name for p in stage2.iterdir()} == {
+        "lightgbm", "lightgbm-without-good", "lightgbm-without-useless"}
+    assert read_json(stage2 / "lightgbm-without-good" / "meta.json")["without_stage1"] == "good"
+    assert cli_main(["blend", *args]) == 0
+    blend_models = read_json(cfg.experiment_dir / "blend" / "lp" / "weights.json")["models"]
+    assert sorted(blend_models) == ["stage1/good", "stage1/useless", "stage2/lightgbm",
+                                    "stage2/lightgbm-without-good", "stage2/lightgbm-without-useless"]
+    # Only the named learners: xgboost runs alone.
+    assert cli_main(["stage2", *args, "--learner", "xgboost"]) == 0
+    assert not any(p.name.startswith("xgboost-without") for p in stage2.iterdir())

@@ -29,8 +29,11 @@ SMALL = {
     "xgboost": {"n_estimators": 25, "max_depth": 2, "learning_rate": 0.2},
     "catboost": {"iterations": 25, "depth": 2, "learning_rate": 0.3},
     "catboost_multi": {"iterations": 25, "depth": 2, "learning_rate": 0.3},
+    "ridge": {"alphas": [0.1, 1.0, 10.0]},
+    "extra_trees": {"n_estimators": 25, "max_features": 0.7, "min_samples_leaf": 2},
 }
 FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
+        "stage2.without_stage1=[]",
         "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
         *(f"stage2.params.{k}={v}" for k, v in SMALL.items())]
 
@@ -73,7 +76,8 @@ def test_each_learner_trains_and_predicts(key):
     assert list(result.importance.index) == ["a", "b", "gear"]
     assert result.importance.loc["a"].min() > result.importance.loc["b"].max()
     no_stopping = cv(key, early_stopping_rounds=0)  # fixed number of trees
-    assert (no_stopping.best_iterations.to_numpy() == 25).all()
+    rounds = 25 if key != "ridge" else 0  # a linear model has no rounds
+    assert (no_stopping.best_iterations.to_numpy() == rounds).all()
     model = create_learner(key, params={"x": 1}, random_state=3)
     assert clone(model).get_params()["params"] == {"x": 1}  # scikit-learn estimator contract
 
@@ -205,6 +209,38 @@ def test_no_scored_row_reaches_early_stopping(monkeypatch, refit):
         (fold,) = set(range(4)) - set(folds[call["fit"]])
         assert sorted(call["fit"]) == sorted(np.flatnonzero((folds != fold) & ~np.isnan(Y[:, 0])))
         assert call["rounds"] == 3
+
+
+class RoundlessRecorder(EvalRecorder):
+    uses_rounds = False
+
+
+def test_a_learner_without_rounds_fits_once_on_every_training_row(monkeypatch):
+    # No rounds to stop: no inner holdout is taken from its training rows, even with
+    # early stopping configured and without the refit.
+    monkeypatch.setitem(LEARNERS._entries, "roundless", RoundlessRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    X, Y, folds = synthetic()
+    X.insert(0, "row", np.arange(len(X), dtype=float))
+    cross_validate("roundless", {}, X, Y[:, :1], X.iloc[:5], folds, target_names=["t0"],
+                   early_stopping_rounds=5, refit=False)
+    assert len(EvalRecorder.calls) == 4  # one fit per fold
+    for call in EvalRecorder.calls:
+        (fold,) = set(range(4)) - set(folds[call["fit"]])
+        assert not len(call["stop"])
+        assert sorted(call["fit"]) == sorted(np.flatnonzero((folds != fold) & ~np.isnan(Y[:, 0])))
+
+
+def test_ridge_standardises_imputes_and_one_hot_encodes():
+    X, Y, _ = synthetic()
+    X["a"] *= 1000.0  # scale must not matter after standardising
+    matrix, _, cats = encode_features(X, X, list(X.columns))
+    model = create_learner("ridge", params=SMALL["ridge"], categorical_features=cats).fit(
+        matrix[:200], Y[:200, 1])
+    pred = model.predict(matrix[200:])
+    assert np.isfinite(pred).all()  # NaN in column b imputed
+    assert np.abs(pred - Y[200:, 1]).mean() < 0.2  # gear "p" (+3) learnt through its one-hot column
+    assert model.feature_importances_[2] > 2.0  # the categorical column's summed coefficients
 
 
 def test_multi_output_learner_follows_the_estimator_contract():

@@ -1,0 +1,239 @@
+"""AutoML baseline: AutoGluon on stage 2's own feature table, folds and residual target.
+
+One `TabularPredictor` per target (`presets="best_quality"`, `time_limit` seconds each),
+bagged on our folds (the fold column as AutoGluon's `groups`, so its fold children are ours
+and its OOF predictions are out of the same folds), fitting the same residual (label minus
+stage 2's target baseline) on the same feature columns; the baseline is added back. Its CV
+and test MAE, wall and CPU time sit beside our stage-2 runs and blend of the experiment
+(read from their artifacts, which must have been made on the same feature table).
+
+Caveat on the CV figure: AutoGluon early-stops each fold child on that child's held-out fold
+and fits its weighted ensemble on all OOF rows, so its CV is slightly flattering; test MAE
+(read from `<data>/oracle/`, benchmarks only) is the fair comparison.
+
+AutoGluon is an optional extra (`pip install -e .[automl]`, best in a separate environment:
+it pins older pandas); without it the benchmark says so and exits 0. Per-target results are
+saved under `outputs/<exp>/automl/` as they finish, so an interrupted run resumes.
+
+    python -m benchmarks.bench_automl --config configs/demo.yaml --data data/demo --exp demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.bench_pipeline import machine_info, machine_note
+from benchmarks.bench_stage2 import ProcessTreeMonitor
+from benchmarks.readme_table import print_and_write
+from ensembling.oracle import LABELS_FILE, oracle_dir
+from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
+from trajstack.config import Config, load_config
+from trajstack.io import read_json, write_json_atomic, write_parquet_atomic
+from trajstack.metrics import mae
+from trajstack.tables import read_table
+
+MARKER = "automl"
+FOLD_COLUMN = "__fold__"
+LABEL_COLUMN = "__residual__"
+
+
+def autogluon_available() -> bool:
+    try:
+        import autogluon.tabular  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fit_target(train: pd.DataFrame, test: pd.DataFrame, time_limit: float, presets: str,
+               num_cpus: int, verbosity: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One bagged AutoGluon predictor on `train` (features, FOLD_COLUMN, LABEL_COLUMN).
+
+    Returns OOF predictions (train order), test predictions and a summary (best model,
+    number of models fitted).
+    """
+    from autogluon.tabular import TabularPredictor
+
+    workdir = Path(tempfile.mkdtemp(prefix="automl-"))
+    try:
+        predictor = TabularPredictor(label=LABEL_COLUMN, problem_type="regression",
+                                     eval_metric="mean_absolute_error", groups=FOLD_COLUMN,
+                                     path=str(workdir), verbosity=verbosity)
+        # dynamic_stacking off: its extra holdout would split our folds again.
+        predictor.fit(train, presets=presets, time_limit=time_limit, num_cpus=num_cpus,
+                      dynamic_stacking=False)
+        oof = predictor.predict_oof().loc[train.index].to_numpy(float)
+        pred = predictor.predict(test).to_numpy(float)
+        board = predictor.leaderboard(silent=True)
+        summary = {"best_model": str(predictor.model_best), "n_models": int(len(board))}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return oof, pred, summary
+
+
+def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
+               verbosity: int = 0, targets: list[str] | None = None,
+               log: Any = print) -> dict[str, Any]:
+    """AutoGluon per target (`targets`, default all) on stage 2's prepared data; OOF/test
+    predictions, MAE over those targets and timing."""
+    from stage2_gbdt.train import prepare
+
+    data = prepare(cfg)
+    spec, ft = cfg.dataset, data.features
+    targets = targets or spec.target_columns
+    unknown = [t for t in targets if t not in spec.target_columns]
+    if unknown:
+        raise ValueError(f"--targets names {unknown}; the targets are {spec.target_columns}")
+    columns = [spec.target_columns.index(t) for t in targets]
+    out_dir = cfg.experiment_dir / "automl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = ft.train[spec.id_column].to_numpy()
+    folds = data.folds.fold_of(ft.train[spec.id_column])
+    labels = data.labels.set_index(spec.id_column).loc[ids, targets].to_numpy(float)
+    base_train = (np.zeros_like(labels) if data.baseline_train is None
+                  else data.baseline_train[:, columns])
+    base_test = (np.zeros((len(ft.test), len(targets))) if data.baseline_test is None
+                 else data.baseline_test[:, columns])
+    X = ft.train[ft.feature_columns].reset_index(drop=True)
+    X_test = ft.test[ft.feature_columns].reset_index(drop=True)
+    oof = np.full(labels.shape, np.nan)
+    test = np.zeros((len(X_test), len(targets)))
+    per_target: dict[str, Any] = {}
+    for t, name in enumerate(targets):
+        done = out_dir / f"{name}.json"
+        setting = {"features_hash": ft.hash, "time_limit": time_limit, "presets": presets}
+        if done.exists() and read_json(done).get("setting") == setting:
+            saved = read_json(done)
+            log(f"automl {name}: done already ({done})")
+        else:
+            residual = labels[:, t] - base_train[:, t]
+            known = np.isfinite(residual)
+            frame = X.assign(**{FOLD_COLUMN: folds, LABEL_COLUMN: residual})[known]
+            started = time.perf_counter()
+            try:
+                with ProcessTreeMonitor() as monitor:
+                    o, p, summary = fit_target(frame, X_test, time_limit, presets, num_cpus,
+                                               verbosity)
+            except RuntimeError as err:  # AutoGluon's "No models were trained successfully"
+                raise RuntimeError(f"AutoGluon fitted no model for target {name} within "
+                                   f"{time_limit:g} s (a busy machine leaves it too little CPU); "
+                                   "rerun with a larger --time-limit (finished targets are kept "
+                                   f"in {out_dir} only for the same limit)") from err
+            row_oof = np.full(len(X), np.nan)
+            row_oof[known] = o
+            saved = {"setting": setting, "oof": row_oof.tolist(), "test": p.tolist(),
+                     "wall_s": time.perf_counter() - started, "cpu_s": monitor.cpu_s, **summary}
+            write_json_atomic(done, saved)
+            log(f"automl {name}: {saved['best_model']} ({saved['n_models']} models), "
+                f"{saved['wall_s']:.0f} s")
+        oof[:, t] = np.asarray(saved["oof"], float) + base_train[:, t]
+        test[:, t] = np.asarray(saved["test"], float) + base_test[:, t]
+        per_target[name] = {k: saved[k] for k in ("wall_s", "cpu_s", "best_model", "n_models")}
+    test_ids = ft.test[spec.id_column].to_numpy()
+    oof_frame = pd.DataFrame(oof, columns=targets).assign(**{spec.id_column: ids, "fold": folds})
+    test_frame = pd.DataFrame(test, columns=targets).assign(**{spec.id_column: test_ids})
+    if len(targets) == len(spec.target_columns):  # a complete prediction table, as a run's
+        write_parquet_atomic(out_dir / OOF_FILE, oof_frame[[spec.id_column, "fold", *targets]])
+        write_parquet_atomic(out_dir / TEST_FILE, test_frame[[spec.id_column, *targets]])
+    return {"model": f"AutoGluon {presets}, {time_limit:g} s a target",
+            "targets": list(targets), "cv_mae": mae(labels, oof),
+            "test_mae": test_mae(cfg, test_frame, targets),
+            "wall_s": sum(v["wall_s"] for v in per_target.values()),
+            "cpu_s": sum(v["cpu_s"] or 0.0 for v in per_target.values()),
+            "features_hash": ft.hash, "per_target": per_target}
+
+
+def test_mae(cfg: Config, predictions: pd.DataFrame, targets: list[str]) -> float | None:
+    """Test MAE over `targets` of `predictions` (ID + target columns), from the data's oracle."""
+    spec = cfg.dataset
+    folder = oracle_dir(cfg.data_dir)
+    if folder is None:
+        return None
+    labels = pd.read_csv(folder / LABELS_FILE, dtype={spec.id_column: str}).set_index(spec.id_column)
+    ids = predictions[spec.id_column].astype(str).to_numpy()
+    return mae(labels.loc[ids, targets].to_numpy(float), predictions[targets].to_numpy(float))
+
+
+def our_runs(cfg: Config, features_hash: str, targets: list[str]) -> list[dict[str, Any]]:
+    """Our finished stage-2 runs and blends on the same feature table: CV and test MAE over
+    `targets` (a blend's OOF table is its nested one), wall time."""
+    spec = cfg.dataset
+    labels = read_table(cfg.data_dir, spec, "train")
+    labels = labels.set_index(labels[spec.id_column].astype(str))
+    store = ArtifactStore(cfg.experiment_dir)
+    rows = []
+    for run in store.finished_runs():
+        stage = run.meta.get("stage")
+        if stage == "stage2" and run.meta.get("inputs", {}).get("features") != features_hash:
+            continue  # another feature table: not the same comparison
+        if stage not in ("stage2", "blend"):
+            continue
+        oof = pd.read_parquet(run.dir / OOF_FILE)
+        y = labels.loc[oof[spec.id_column].astype(str), targets].to_numpy(float)
+        rows.append({"model": run.name, "cv_mae": mae(y, oof[targets].to_numpy(float)),
+                     "test_mae": test_mae(cfg, pd.read_parquet(run.dir / TEST_FILE), targets),
+                     "wall_s": run.meta.get("wall_time_s")})
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    automl = result["automl"]
+    lines = ["| model | CV MAE | test MAE | x AutoGluon (CV / test) | wall time (s) |",
+             "|---|---|---|---|---|"]
+    for row in [automl, *result["ours"]]:
+        cv = row["cv_mae"] / automl["cv_mae"]
+        test = (row["test_mae"] / automl["test_mae"]) if row["test_mae"] and automl["test_mae"] else None
+        lines.append(f"| {row['model']} | {_fmt(row['cv_mae'])} | {_fmt(row['test_mae'])} | "
+                     f"{cv:.3f} / {_fmt(test, 3)} | {_fmt(row.get('wall_s'), 0)} |")
+    note = (f"MAE over {', '.join(automl['targets'])}. "
+            "Same feature table, folds and residual target for all rows (AutoGluon bagged on our "
+            "folds, one predictor per target). AutoGluon early-stops each fold child on its own "
+            "held-out fold and fits its ensemble weights on all OOF rows, so its CV flatters it; "
+            "our blend CV is nested. Test MAE is quoted from the oracle only. "
+            f"AutoGluon CPU time: {automl['cpu_s']:.0f} s.")
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + machine_note(result["machine"]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--exp", default="demo")
+    parser.add_argument("--time-limit", type=float, default=40.0, help="seconds per target")
+    parser.add_argument("--presets", default="best_quality")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--targets", help="comma list of targets (default: all); every row of "
+                        "the table is then scored on these only")
+    parser.add_argument("--verbosity", type=int, default=0, help="AutoGluon's log level (0-4)")
+    parser.add_argument("--readme", help="README to write the table into")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = parser.parse_args(argv)
+    if not autogluon_available():
+        print("bench_automl: skipped, autogluon.tabular is not installed (pip install -e .[automl], "
+              "ideally in its own virtualenv: it pins an older pandas)")
+        return 0
+    cfg = load_config(args.config, [*args.overrides, f"data_dir={args.data}", f"experiment={args.exp}"])
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    automl = run_automl(cfg, args.time_limit, args.presets, args.num_cpus, args.verbosity, targets)
+    result = {"experiment": args.exp, "automl": automl,
+              "ours": our_runs(cfg, automl["features_hash"], automl["targets"]),
+              "machine": machine_info()}
+    print_and_write(result, to_markdown(result), args.readme, MARKER)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
