@@ -96,10 +96,14 @@ def test_full_scale_rows_resume_subset_learners_are_labelled_and_blended(tiny, t
 @pytest.mark.ray
 def test_full_scale_ray_row_is_checked_against_joblib(tiny, tmp_path):
     pytest.importorskip("ray", reason="executor=ray needs the `ray` extra")
+    with pytest.raises(ValueError, match="among its targets"):
+        _full(tiny, tmp_path, learners=("lightgbm",), ray_learners=("lightgbm",),
+              subset_learners=("lightgbm",), subset_targets=SUBSET, ray_targets=("z_3",))
+    # Ray on one of the joblib row's targets: compared on that target's column.
     result = _full(tiny, tmp_path, learners=("lightgbm",), ray_learners=("lightgbm",),
-                   subset_learners=("lightgbm",), subset_targets=SUBSET)
-    ray_row = result["learners"]["lightgbm ray"]
-    assert ray_row["executor"] == "ray" and ray_row["targets"] == list(SUBSET)
+                   subset_learners=("lightgbm",), subset_targets=SUBSET, ray_targets=("y_5",))
+    ray_row, joblib_row = result["learners"]["lightgbm ray"], result["learners"]["lightgbm"]
+    assert ray_row["executor"] == "ray" and ray_row["targets"] == ["y_5"]
     assert ray_row["max_abs_diff_vs_joblib"] == 0.0
-    assert ray_row["cv_mae"] == result["learners"]["lightgbm"]["cv_mae"]
+    assert ray_row["cv_mae"] == joblib_row["cv_mae_per_target"]["y_5"]
     assert "ray, predictions identical to joblib" in bench_stage2.full_scale_markdown(result)
