@@ -107,3 +107,18 @@ def test_full_scale_ray_row_is_checked_against_joblib(tiny, tmp_path):
     assert ray_row["max_abs_diff_vs_joblib"] == 0.0
     assert ray_row["cv_mae"] == joblib_row["cv_mae_per_target"]["y_5"]
     assert "ray, predictions identical to joblib" in bench_stage2.full_scale_markdown(result)
+
+
+def test_make_bench_runs_the_full_scale_stage2_only_when_named(monkeypatch, tmp_path):
+    from benchmarks import run as bench_run
+
+    ran = []
+    fakes = {name: (title, lambda args, name=name: ran.append(name) or {"markdown": name})
+             for name, (title, _) in bench_run.BENCHMARKS.items()}
+    monkeypatch.setattr(bench_run, "BENCHMARKS", fakes)
+    readme = tmp_path / "README.md"
+    assert bench_run.main(["--readme", str(readme)]) == 0
+    assert "stage2" in ran and "stage2_full" not in ran
+    ran.clear()
+    assert bench_run.main(["--readme", str(readme), "--only", "stage2_full"]) == 0
+    assert ran == ["stage2_full"] and "<!-- bench:stage2_full -->" in readme.read_text()
