@@ -439,7 +439,7 @@ def full_scale_markdown(full: dict[str, Any]) -> str:
         lines.append(f"| {name} | {targets} | {executor} | {row['wall_s']} | {_fmt(row['cpu_s'], 1)} | "
                      f"{_fmt(row['peak_rss_mb'])} | {_fmt(row['cv_mae'])} | {_fmt(row['test_mae'])} | "
                      f"{row['best_iteration_mean']} | {_load(row)} |")
-        if subset and name != reference:
+        if subset and row["key"] != rows[reference]["key"]:
             ref = rows[reference]
             cv = float(np.mean([ref["cv_mae_per_target"][t] for t in row["targets"]]))
             test = (None if not ref.get("test_mae_per_target") else
@@ -451,8 +451,12 @@ def full_scale_markdown(full: dict[str, Any]) -> str:
         lines.append(f"| blend ({blend['optimizer']}: {', '.join(blend['models'])}) | "
                      f"{len(blend['targets'])} | in process | {blend['wall_s']} | | | "
                      f"{_fmt(blend['cv_mae_nested'])} (nested) | {_fmt(blend['test_mae'])} | | |")
-        lines.append(f"| stage 2 + blend (sum of the joblib rows and the blend) | | | "
-                     f"{round(stage2_wall + blend['wall_s'], 1)} | | | | | | |")
+        if all(len(row["targets"]) == n_all for row in rows.values() if row["executor"] == "joblib"):
+            lines.append(f"| stage 2 + blend (sum of the joblib rows and the blend) | {n_all} | | "
+                         f"{round(stage2_wall + blend['wall_s'], 1)} | | | | | | |")
+        else:  # a sum over different target sets would mean nothing
+            lines.append("| stage 2 + blend | not summed: the learners fitted different targets | "
+                         "| | | | | | | |")
     lines += ["", "Wall times were taken on a shared machine (other jobs running: see the load "
               "columns); CPU seconds (the process tree's) are the steadier figure. Rows on a subset "
               "of the targets are not scaled up."]
