@@ -1,0 +1,125 @@
+"""The full-scale stage-2 benchmark on tiny data: learners on a subset of the targets, the
+resumable rows, the Ray rows checked against joblib, the blend line; and `fit_learner` on part
+of the targets."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from dataset_factory import make_tiny_dataset
+from test_stage2 import FAST
+
+from benchmarks import bench_stage2
+from stage2_gbdt.params import learner_params
+from stage2_gbdt.train import fit_learner, prepare
+from trajstack.config import ConfigError, load_config
+
+SUBSET = ("x_0", "y_5")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    data = make_tiny_dataset(tmp_path_factory.mktemp("data"), n_scenes=12, rows_per_scene=3,
+                             n_test_scenes=2, seed=4)
+    # Test labels all 0, as a simulator's oracle holds them: the bench then quotes a test MAE.
+    ids = pd.read_csv(data.table_path("test"), dtype=str)[data.spec.id_column]
+    (data.root / "oracle").mkdir()
+    pd.DataFrame({data.spec.id_column: ids, **{t: 0.0 for t in data.spec.target_columns}}).to_csv(
+        data.root / "oracle" / "test_labels.csv", index=False)
+    return data
+
+
+def test_fit_learner_on_part_of_the_targets_gives_those_columns_of_the_full_fit(tiny, tmp_path):
+    cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST,
+                               "features.stage1=false"])
+    data = prepare(cfg, log=lambda line: None)
+    params = learner_params(cfg, "lightgbm")
+    full = fit_learner(data, "lightgbm", params)
+    part = fit_learner(data, "lightgbm", params, targets=["y_5", "x_0"])
+    columns = [cfg.dataset.target_columns.index(t) for t in ("y_5", "x_0")]
+    np.testing.assert_array_equal(part.oof, full.oof[:, columns])
+    np.testing.assert_array_equal(part.test, full.test[:, columns])
+    assert list(part.importance.columns) == ["y_5", "x_0"]
+    with pytest.raises(ConfigError, match=r"\['w_9'\].*valid: x_0, y_0"):
+        fit_learner(data, "lightgbm", params, targets=["x_0", "w_9"])
+
+
+def _full(tiny, work, *extra, **kwargs):
+    return bench_stage2.time_full_scale(tiny.root, "demo", [*FAST, "features.stage1=false", *extra],
+                                        work, **kwargs)
+
+
+def test_full_scale_rows_resume_subset_learners_are_labelled_and_blended(tiny, tmp_path, monkeypatch):
+    kwargs = {"learners": ("lightgbm", "xgboost"), "ray_learners": (),
+              "subset_learners": ("xgboost",), "subset_targets": SUBSET}
+    first = _full(tiny, tmp_path, **kwargs)
+    rows = first["learners"]
+    assert rows["lightgbm"]["targets"] == load_config("demo").dataset.target_columns
+    assert rows["xgboost"]["targets"] == list(SUBSET)
+    assert set(rows["xgboost"]["cv_mae_per_target"]) == set(SUBSET)
+    # Test labels are all 0: the test MAE is the mean |prediction| over the fitted targets only.
+    xgb = np.load(next((tmp_path / "predictions").glob("xgboost-*.npz")))
+    assert rows["xgboost"]["test_mae"] == pytest.approx(np.abs(xgb["test"]).mean(), abs=1e-5)
+    assert first["feature_build"]["wall_s"] >= 0 and first["feature_build"]["log"]
+    # The blend covers the targets both learners fitted, with nested CV.
+    blend = first["blend"]
+    assert blend["targets"] == ["x_0", "y_5"] and blend["models"] == ["lightgbm", "xgboost"]
+    assert np.isfinite(blend["cv_mae_nested"]) and blend["test_mae"] is not None
+    table = bench_stage2.full_scale_markdown(first)
+    assert "| xgboost | 2 of 18 (x_0, y_5) | joblib |" in table
+    lgb_same = np.mean([rows["lightgbm"]["cv_mae_per_target"][t] for t in SUBSET])
+    assert f"| lightgbm, same 2 targets | (its row above) | | | | | {lgb_same:.4f} |" in table
+    assert "| blend (lp: lightgbm, xgboost) | 2 |" in table
+    # lightgbm fitted 18 targets, xgboost 2: their times are not added up.
+    assert "| stage 2 + blend | not summed" in table and "sum of the joblib rows" not in table
+
+    # A rerun fits nothing: every row is read back with its figures.
+    real_measure = bench_stage2.measure
+    def no_fit(*args, **kw):
+        raise AssertionError("a finished row was fitted again")
+
+    monkeypatch.setattr(bench_stage2, "measure", no_fit)
+    again = _full(tiny, tmp_path, **kwargs)
+    assert again["learners"] == first["learners"]
+    assert again["blend"]["cv_mae_nested"] == blend["cv_mae_nested"]
+    # A changed learner param redoes that learner's row only.
+    fitted = []
+
+    def record(data, key, *args, **kw):
+        fitted.append(key)
+        return real_measure(data, key, *args, **kw)
+
+    monkeypatch.setattr(bench_stage2, "measure", record)
+    changed = _full(tiny, tmp_path, "stage2.params.lightgbm.n_estimators=10", **kwargs)
+    assert fitted == ["lightgbm"]
+    assert changed["learners"]["xgboost"] == first["learners"]["xgboost"]
+
+
+@pytest.mark.ray
+def test_full_scale_ray_row_is_checked_against_joblib(tiny, tmp_path):
+    pytest.importorskip("ray", reason="executor=ray needs the `ray` extra")
+    with pytest.raises(ValueError, match="among its targets"):
+        _full(tiny, tmp_path, learners=("lightgbm",), ray_learners=("lightgbm",),
+              subset_learners=("lightgbm",), subset_targets=SUBSET, ray_targets=("z_3",))
+    # Ray on one of the joblib row's targets: compared on that target's column.
+    result = _full(tiny, tmp_path, learners=("lightgbm",), ray_learners=("lightgbm",),
+                   subset_learners=("lightgbm",), subset_targets=SUBSET, ray_targets=("y_5",))
+    ray_row, joblib_row = result["learners"]["lightgbm ray"], result["learners"]["lightgbm"]
+    assert ray_row["executor"] == "ray" and ray_row["targets"] == ["y_5"]
+    assert ray_row["max_abs_diff_vs_joblib"] == 0.0
+    assert ray_row["cv_mae"] == joblib_row["cv_mae_per_target"]["y_5"]
+    assert "ray, predictions identical to joblib" in bench_stage2.full_scale_markdown(result)
+
+
+def test_make_bench_runs_the_full_scale_stage2_only_when_named(monkeypatch, tmp_path):
+    from benchmarks import run as bench_run
+
+    ran = []
+    fakes = {name: (title, lambda args, name=name: ran.append(name) or {"markdown": name})
+             for name, (title, _) in bench_run.BENCHMARKS.items()}
+    monkeypatch.setattr(bench_run, "BENCHMARKS", fakes)
+    readme = tmp_path / "README.md"
+    assert bench_run.main(["--readme", str(readme)]) == 0
+    assert "stage2" in ran and "stage2_full" not in ran
+    ran.clear()
+    assert bench_run.main(["--readme", str(readme), "--only", "stage2_full"]) == 0
+    assert ran == ["stage2_full"] and "<!-- bench:stage2_full -->" in readme.read_text()
