@@ -222,9 +222,12 @@ class RidgeRegressor(RoundlessRegressor):
     one-hot columns).
     """
 
+    def _filled(self, X: np.ndarray) -> np.ndarray:
+        """The numeric columns with each missing value set to the training median."""
+        return np.where(np.isnan(X[:, self.numeric_]), self.center_, X[:, self.numeric_])
+
     def _design(self, X: np.ndarray) -> np.ndarray:
-        numeric = (np.where(np.isnan(X[:, self.numeric_]), self.center_, X[:, self.numeric_])
-                   - self.center_) / self.scale_
+        numeric = (self._filled(X) - self.center_) / self.scale_
         onehot = [X[:, j][:, None] == levels[None, :] for j, levels in self.levels_.items()]
         return np.hstack([numeric, *onehot]) if onehot else numeric
 
@@ -238,8 +241,7 @@ class RidgeRegressor(RoundlessRegressor):
         with np.errstate(all="ignore"):  # an all-missing column: median NaN, set to 0 below
             center = np.nanmedian(X[:, self.numeric_], axis=0)
         self.center_ = np.nan_to_num(center)
-        filled = np.where(np.isnan(X[:, self.numeric_]), self.center_, X[:, self.numeric_])
-        scale = filled.std(axis=0)
+        scale = self._filled(X).std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
         params = {"alphas": (0.1, 1.0, 10.0, 100.0, 1000.0), **self.library_params()}
         self.model_ = RidgeCV(**{k: tuple(v) if isinstance(v, list) else v
