@@ -31,6 +31,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +133,24 @@ def load_1m() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def per_target_test_mae(data: Stage2Data, test: np.ndarray, names: list[str]) -> dict[str, float] | None:
+    """Test MAE of each of `names` for `test` (n_test, len(names)) predictions, from the
+    dataset's oracle labels (None where it has none)."""
+    spec = data.cfg.dataset
+    # The oracle scores all target columns: the ones not fitted stay NaN and are not quoted.
+    full = np.full((len(data.features.test), len(spec.target_columns)), np.nan)
+    full[:, [spec.target_columns.index(t) for t in names]] = test
+    scored = test_score(data.cfg.data_dir, data.features.test[spec.id_column].to_numpy(), full, spec)
+    return None if scored is None else {t: scored["mae_report"]["per_target"][t] for t in names}
+
+
 def measure(data: Stage2Data, key: str, config: str, overrides: list[str],
             targets: list[str] | None = None) -> tuple[dict[str, Any], CVResult]:
     """Fit learner `key` on the prepared data under `config` + `overrides` (stage-2 options
     such as the executor or seeds; the features stay those prepared), on `targets` (None: all);
     its figures and its predictions."""
     cfg = load_config(config, overrides)
-    data = Stage2Data(cfg, data.folds, data.features, data.labels, data.baseline_train,
-                      data.baseline_test)
+    data = replace(data, cfg=cfg)  # every prepared field kept (baselines, per-metre scales)
     spec = cfg.dataset
     names = list(targets or spec.target_columns)
     load_start = load_1m()
@@ -148,12 +159,7 @@ def measure(data: Stage2Data, key: str, config: str, overrides: list[str],
         result = fit_learner(data, key, learner_params(cfg, key), targets=targets)
     wall = time.perf_counter() - started
     cv_per_target = np.nanmean(np.abs(data.labels[names].to_numpy(float) - result.oof), axis=0)
-    # The oracle scores all target columns: the ones not fitted stay NaN and are not quoted.
-    test_pred = np.full((len(data.features.test), len(spec.target_columns)), np.nan)
-    test_pred[:, [spec.target_columns.index(t) for t in names]] = result.test
-    ids = data.features.test[spec.id_column].to_numpy()
-    test = test_score(cfg.data_dir, ids, test_pred, spec)
-    test_per_target = None if test is None else {t: test["mae_report"]["per_target"][t] for t in names}
+    test_per_target = per_target_test_mae(data, result.test, names)
     figures = {
         "wall_s": round(wall, 1),
         "cpu_s": None if monitor.cpu_s is None else round(monitor.cpu_s, 1),
@@ -325,14 +331,11 @@ def time_blend(data: Stage2Data, predictions: dict[str, dict[str, np.ndarray]],
     fit = fit_blend(oof[:, labelled], y[labelled], fold[labelled], test, cfg.blend.optimizer,
                     optimizer_params(cfg.blend), nested=True)
     wall = time.perf_counter() - started
-    test_pred = np.full((len(data.features.test), len(spec.target_columns)), np.nan)
-    test_pred[:, [spec.target_columns.index(t) for t in shared]] = fit.test
-    scored = test_score(cfg.data_dir, data.features.test[spec.id_column].to_numpy(), test_pred, spec)
+    scored = per_target_test_mae(data, fit.test, shared)
     return {"models": list(predictions), "optimizer": cfg.blend.optimizer, "targets": shared,
             "wall_s": round(wall, 1),
             "cv_mae_nested": round(float(np.mean(np.abs(fit.oof_nested - y[labelled]))), 5),
-            "test_mae": None if scored is None else round(float(np.mean(
-                [scored["mae_report"]["per_target"][t] for t in shared])), 5),
+            "test_mae": None if scored is None else round(float(np.mean(list(scored.values()))), 5),
             "weights": {k: [round(float(w), 3) for w in fit.weights[i]]
                         for i, k in enumerate(predictions)}}
 

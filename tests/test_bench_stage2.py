@@ -43,6 +43,19 @@ def test_fit_learner_on_part_of_the_targets_gives_those_columns_of_the_full_fit(
         fit_learner(data, "lightgbm", params, targets=["x_0", "w_9"])
 
 
+def test_measure_fits_what_stage2_fits_per_metre_scales_included(tiny, tmp_path):
+    # The demo learns z per metre (stage2.per_metre_axes): the bench's row must fit the same.
+    overrides = [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "features.stage1=false",
+                 "stage2.per_metre_axes=[z]"]
+    cfg = load_config("demo", overrides)
+    data = prepare(cfg, log=lambda line: None)
+    assert data.scale_train is not None and (data.scale_train != 1).any()
+    _, timed = bench_stage2.measure(data, "lightgbm", "demo", overrides, targets=["z_5", "x_0"])
+    direct = fit_learner(data, "lightgbm", learner_params(cfg, "lightgbm"), targets=["z_5", "x_0"])
+    np.testing.assert_array_equal(timed.oof, direct.oof)
+    np.testing.assert_array_equal(timed.test, direct.test)
+
+
 def _full(tiny, work, *extra, **kwargs):
     return bench_stage2.time_full_scale(tiny.root, "demo", [*FAST, "features.stage1=false", *extra],
                                         work, **kwargs)
