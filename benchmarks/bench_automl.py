@@ -2,8 +2,9 @@
 
 One `TabularPredictor` per target (`presets="best_quality"`, `time_limit` seconds each),
 bagged on our folds (the fold column as AutoGluon's `groups`, so its fold children are ours
-and its OOF predictions are out of the same folds), fitting the same residual (label minus
-stage 2's target baseline) on the same feature columns; the baseline is added back. Its CV
+and its OOF predictions are out of the same folds), fitting the same target (label minus
+stage 2's target baseline, per metre travelled on `stage2.per_metre_axes`) on the same feature
+columns; the scale and the baseline are put back. Its CV
 and test MAE, wall and CPU time sit beside our stage-2 runs and blend of the experiment
 (read from their artifacts, which must have been made on the same feature table).
 
@@ -99,10 +100,12 @@ def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
     ids = ft.train[spec.id_column].to_numpy()
     folds = data.folds.fold_of(ft.train[spec.id_column])
     labels = data.labels.set_index(spec.id_column).loc[ids, targets].to_numpy(float)
-    base_train = (np.zeros_like(labels) if data.baseline_train is None
-                  else data.baseline_train[:, columns])
-    base_test = (np.zeros((len(ft.test), len(targets))) if data.baseline_test is None
-                 else data.baseline_test[:, columns])
+    def part(full: np.ndarray | None, rows: int, empty: float) -> np.ndarray:
+        return np.full((rows, len(targets)), empty) if full is None else np.asarray(full)[:, columns]
+
+    # Stage 2's target exactly: (label - baseline) / scale (`stage2.per_metre_axes`; else 1).
+    base_train, base_test = part(data.baseline_train, len(ids), 0.0), part(data.baseline_test, len(ft.test), 0.0)
+    scale_train, scale_test = part(data.scale_train, len(ids), 1.0), part(data.scale_test, len(ft.test), 1.0)
     X = ft.train[ft.feature_columns].reset_index(drop=True)
     X_test = ft.test[ft.feature_columns].reset_index(drop=True)
     oof = np.full(labels.shape, np.nan)
@@ -110,12 +113,13 @@ def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
     per_target: dict[str, Any] = {}
     for t, name in enumerate(targets):
         done = out_dir / f"{name}.json"
-        setting = {"features_hash": ft.hash, "time_limit": time_limit, "presets": presets}
+        setting = {"features_hash": ft.hash, "time_limit": time_limit, "presets": presets,
+                   "per_metre_axes": list(cfg.stage2.per_metre_axes)}
         if done.exists() and read_json(done).get("setting") == setting:
             saved = read_json(done)
             log(f"automl {name}: done already ({done})")
         else:
-            residual = labels[:, t] - base_train[:, t]
+            residual = (labels[:, t] - base_train[:, t]) / scale_train[:, t]
             known = np.isfinite(residual)
             frame = X.assign(**{FOLD_COLUMN: folds, LABEL_COLUMN: residual})[known]
             started = time.perf_counter()
@@ -135,8 +139,8 @@ def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
             write_json_atomic(done, saved)
             log(f"automl {name}: {saved['best_model']} ({saved['n_models']} models), "
                 f"{saved['wall_s']:.0f} s")
-        oof[:, t] = np.asarray(saved["oof"], float) + base_train[:, t]
-        test[:, t] = np.asarray(saved["test"], float) + base_test[:, t]
+        oof[:, t] = np.asarray(saved["oof"], float) * scale_train[:, t] + base_train[:, t]
+        test[:, t] = np.asarray(saved["test"], float) * scale_test[:, t] + base_test[:, t]
         per_target[name] = {k: saved[k] for k in ("wall_s", "cpu_s", "best_model", "n_models")}
     test_ids = ft.test[spec.id_column].to_numpy()
     oof_frame = pd.DataFrame(oof, columns=targets).assign(**{spec.id_column: ids, "fold": folds})
