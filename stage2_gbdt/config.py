@@ -54,6 +54,11 @@ class Stage2Config(StrictModel):
     # times the distance, so the trees learn the grade, one function of the frames, instead of
     # its product with the speed (which trees, piecewise constant, approximate poorly).
     per_metre_axes: list[str] = []
+    # Per learner key, per axis (dataset.axes): overrides of that learner's params for the
+    # targets of that axis only, on top of `params` (e.g. {lightgbm: {z: {learning_rate:
+    # 0.05}}}): an axis whose signal is weak and noisy (z on the demo) gains from slower
+    # boosting where the others would only pay for it.
+    axis_params: dict[str, dict[str, dict[str, Any]]] = {}
     # Learners (of those run) also fitted without the stage-1 features, each stage-1 run left
     # out in turn, as `--without-stage1 all` does (stage2/<learner>-without-<run>/); unlike
     # those, these runs are blend inputs: a model that never saw stage 1 errs differently.

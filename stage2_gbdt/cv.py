@@ -139,6 +139,7 @@ def cross_validate(
     executor: str = "joblib",
     ray_address: str | None = None,
     resume: FitStore | None = None,
+    target_params: list[dict[str, Any]] | None = None,
 ) -> CVResult:
     """Fit one `learner_key` model per target per fold; return OOF and fold-mean test predictions.
 
@@ -161,6 +162,8 @@ def cross_validate(
     seed, seeds : base seed; `seeds` > 1 averages that many fits per task (seed bagging).
     n_jobs, executor : parallel (target, fold) fits through joblib processes or Ray.
     resume : where finished fits are saved as they return and loaded from on a rerun.
+    target_params : optional per-target overrides of `params` (one mapping per column of Y),
+        e.g. a slower learning rate for one axis; not for a multi-output learner.
     """
     columns = list(X_train.columns)
     X, Xt, cats = encode_features(X_train, X_test, columns)
@@ -176,8 +179,18 @@ def cross_validate(
     learner_kwargs = {"params": params, "categorical_features": cats,
                       "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
                       "n_threads": threads_per_fit, "device": device}
+
+    def kwargs_of(target: int) -> dict[str, Any]:
+        if target_params is None or not target_params[target]:
+            return learner_kwargs
+        return {**learner_kwargs, "params": {**params, **target_params[target]}}
+
     # A multi-output learner: one task per fold for all targets; else one per (target, fold).
-    task_targets = [ALL_TARGETS] if LEARNERS.get(learner_key).multi_output else range(Y.shape[1])
+    multi_output = LEARNERS.get(learner_key).multi_output
+    if target_params is not None and (multi_output or len(target_params) != Y.shape[1]):
+        raise ValueError(f"target_params needs one mapping per target ({Y.shape[1]}) and a learner "
+                         f"with one model per target; got {len(target_params)} for {learner_key}")
+    task_targets = [ALL_TARGETS] if multi_output else range(Y.shape[1])
     all_tasks = [(t, f) for t in task_targets for f in fold_ids]
     done = [r for r in (resume.load(t, f) for t, f in all_tasks) if r is not None] if resume else []
     finished = {(r["target"], r["fold"]) for r in done}
@@ -187,7 +200,7 @@ def cross_validate(
         shared = SharedArrays({"X": X, "X_test": Xt, "Y": (Y - base_train) / scale_train,
                                "folds": np.asarray(folds), "groups": groups},
                               use_ray=executor == "ray")
-        tasks = [(shared, t, f, learner_key, learner_kwargs, stopping, seeds) for t, f in tasks_of]
+        tasks = [(shared, t, f, learner_key, kwargs_of(t), stopping, seeds) for t, f in tasks_of]
         return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
                          desc=f"{learner_key} fits", on_result=resume.save if resume else None)
 

@@ -42,6 +42,33 @@ def learner_params(cfg: Config, key: str) -> dict[str, Any]:
     return deep_merge(base or {}, cfg.stage2.params.get(key, {}))
 
 
+def target_params(cfg: Config, key: str, targets: list[str]) -> list[dict[str, Any]] | None:
+    """Per-target overrides of learner `key`'s params from `stage2.axis_params`, one mapping per
+    name of `targets` (target columns of the dataset spec); None when none is set for `key`.
+
+    A learner key or axis the config names that does not exist, or per-axis params for a learner
+    that fits every target at once, is a ConfigError.
+    """
+    spec, axis_params = cfg.dataset, cfg.stage2.axis_params
+    unknown = [k for k in axis_params if k not in LEARNERS]
+    if unknown:
+        raise ConfigError(f"stage2.axis_params names unknown learners {unknown}; valid: "
+                          f"{', '.join(LEARNERS.keys())}")
+    for learner, per_axis in axis_params.items():
+        bad = [a for a in per_axis if a not in spec.axes]
+        if bad:
+            raise ConfigError(f"stage2.axis_params.{learner} names axes {bad}, not in dataset.axes "
+                              f"{spec.axes}")
+    per_axis = axis_params.get(key, {})
+    if not any(per_axis.values()):
+        return None
+    if LEARNERS.get(key).multi_output:
+        raise ConfigError(f"stage2.axis_params.{key}: {key} fits every target in one model, so its "
+                          "params cannot differ by axis; use a learner with one model per target")
+    axis_of = {spec.target_name(a, k): a for k in range(spec.n_horizons) for a in spec.axes}
+    return [dict(per_axis.get(axis_of[t], {})) for t in targets]
+
+
 def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
     """The resolved config of one learner's run: only that learner, with its merged params.
 
@@ -53,4 +80,9 @@ def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
     resolved = STAGE.run_config(copy.deepcopy(cfg.to_dict()))
     resolved["stage2"]["learners"] = [key]
     resolved["stage2"]["params"] = {key: params}
+    # Only this learner's per-axis params; none: no key at all, so that runs made before the
+    # option existed keep their signature.
+    own_axes = resolved["stage2"].pop("axis_params", {}).get(key)
+    if own_axes:
+        resolved["stage2"]["axis_params"] = {key: own_axes}
     return resolved

@@ -22,7 +22,7 @@ from features.stage1 import stage1_baseline
 from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
-from stage2_gbdt.params import STAGE, learner_params, run_config
+from stage2_gbdt.params import STAGE, learner_params, run_config, target_params
 from stage2_gbdt.resume import FitStore
 from stage2_gbdt.without_stage1 import (
     WITHOUT_KEY,
@@ -129,6 +129,7 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         early_stopping_rounds=s2.early_stopping_rounds, stop_fraction=s2.stop_fraction,
         refit=s2.refit, seed=cfg.seed, seeds=s2.seeds, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
         executor=s2.executor, ray_address=s2.ray_address, resume=resume,
+        target_params=target_params(cfg, key, chosen),
     )
 
 

@@ -13,9 +13,9 @@ from test_features_stage1 import write_fake_stage1_run
 
 from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, create_learner
-from stage2_gbdt.params import params_file
+from stage2_gbdt.params import params_file, run_config, target_params
 from stage2_gbdt.resume import FitStore
-from stage2_gbdt.train import parse_learners, target_baseline
+from stage2_gbdt.train import fit_learner, parse_learners, prepare, target_baseline
 from trajstack.artifacts import OOF_FILE, TEST_FILE
 from trajstack.cli import main as cli_main
 from trajstack.config import ConfigError, load_config
@@ -397,10 +397,13 @@ def test_stage1_on_other_folds_is_refused_and_missing_stage1_explained(tiny, tmp
 
 
 def test_stage1_features_help_stage2(tiny, tmp_path):
-    """A (fake) stage 1 that knows the labels up to noise: stage 2 must use it."""
+    """A (fake) stage 1 that knows the labels up to noise: stage 2 must use it. The library's
+    default `stage2.target_baseline: auto` (residual to stage 1 for a stack), which the demo
+    config replaces by physics because its real 3-epoch nets are uneven across folds."""
     maes = {}
     for exp, extra in (("tele", ["features.stage1=false"]),
-                       ("s1", ["features.builders=[telemetry, physics, stage1]"])):
+                       ("s1", ["features.builders=[telemetry, physics, stage1]",
+                               "stage2.target_baseline=auto"])):
         if exp == "s1":
             cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST,
                                        f"experiment={exp}"])
@@ -494,3 +497,58 @@ def test_stage2_per_metre_axes_multiplies_each_prediction_by_its_distance(tiny, 
     assert np.ptp(scale[:, spec.target_columns.index("z_5")]) > 1  # the distances differ by row
     assert main(_args(tiny, tmp_path, *common, "stage2.per_metre_axes=[w]")) == 2
     assert "per_metre_axes" in capsys.readouterr().err
+
+
+class ParamRecorder(EvalRecorder):
+    """Records the learning rate and the labels of every fit."""
+
+    def fit(self, X, y, eval_set=None):
+        EvalRecorder.calls.append({"lr": self.params["learning_rate"], "label": float(np.mean(y)),
+                                   "labels": set(np.asarray(y, float))})
+        self.best_iteration_, self.feature_importances_ = 3, np.zeros(X.shape[1])
+        return self
+
+
+def test_target_params_reach_only_their_targets_fits(monkeypatch):
+    monkeypatch.setitem(LEARNERS._entries, "param_recorder", ParamRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    X, Y, folds = synthetic()
+    Y = np.stack([np.zeros(len(X)), np.full(len(X), 100.0)], axis=1)
+    cross_validate("param_recorder", {"learning_rate": 0.2}, X, Y, X.iloc[:5], folds,
+                   target_names=["t0", "t1"], early_stopping_rounds=5,
+                   target_params=[{}, {"learning_rate": 0.01}])
+    rates = {(call["label"] > 50, call["lr"]) for call in EvalRecorder.calls}
+    assert rates == {(False, 0.2), (True, 0.01)}  # stopping fits and refits alike
+    with pytest.raises(ValueError, match="one mapping per target"):
+        cross_validate("param_recorder", {"learning_rate": 0.2}, X, Y, X.iloc[:5], folds,
+                       target_names=["t0", "t1"], target_params=[{}])
+
+
+def test_stage2_axis_params_override_one_axis_of_one_learner(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(LEARNERS._entries, "param_recorder", ParamRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST,
+                               "features.stage1=false", "stage2.per_metre_axes=[]",
+                               "stage2.target_baseline=none",  # fits see the labels themselves
+                               "stage2.axis_params={param_recorder: {z: {learning_rate: 0.01}}, "
+                               "xgboost: {y: {max_depth: 3}}}"])
+    spec = cfg.dataset
+    expected = [{"learning_rate": 0.01} if t.startswith("z_") else {} for t in spec.target_columns]
+    assert target_params(cfg, "param_recorder", spec.target_columns) == expected
+    assert target_params(cfg, "lightgbm", spec.target_columns) is None  # none set for it
+    # A run's config holds its own learner's axis params only: editing another's refits nothing.
+    assert "axis_params" not in run_config(cfg, "lightgbm", {})["stage2"]
+    assert run_config(cfg, "xgboost", {})["stage2"]["axis_params"] == {"xgboost": {"y": {"max_depth": 3}}}
+    data = prepare(cfg, log=lambda line: None)
+    fit_learner(data, "param_recorder", {"learning_rate": 0.2}, targets=["z_1", "x_1"])
+    values = {t: set(data.labels[t].to_numpy(float)) for t in ("z_1", "x_1")}
+    assert not values["z_1"] & values["x_1"]  # a fit's labels name its target
+    rates = {(next(t for t in values if call["labels"] <= values[t]), call["lr"])
+             for call in EvalRecorder.calls}
+    assert rates == {("z_1", 0.01), ("x_1", 0.2)}
+    for bad, message in (("{lightgbm: {w: {learning_rate: 0.1}}}", r"axes \['w'\]"),
+                         ("{nope: {z: {learning_rate: 0.1}}}", r"unknown learners \['nope'\]"),
+                         ("{catboost_multi: {z: {depth: 3}}}", "fits every target in one model")):
+        cfg = load_config("demo", [f"data_dir={tiny.root}", f"stage2.axis_params={bad}"])
+        with pytest.raises(ConfigError, match=message):
+            target_params(cfg, "catboost_multi", spec.target_columns)
