@@ -37,6 +37,7 @@ from trajstack.folds import Folds, ensure_folds
 from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
 from trajstack.physics import per_metre_scale, physics_baseline
+from trajstack.resources import ProcessTreeMonitor
 from trajstack.tables import read_table
 
 Log = Callable[[str], None]
@@ -179,7 +180,8 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
     fits = FitStore(run.path("fits"), run.signature)  # an interrupted run keeps its finished fits
     if force:
         fits.clear()
-    result = fit_learner(data, key, params, resume=fits)
+    with ProcessTreeMonitor() as monitor:  # the fits run in worker processes
+        result = fit_learner(data, key, params, resume=fits)
     oof, test = prediction_frames(data, result)
     run.write_parquet(OOF_FILE, oof)
     run.write_parquet(TEST_FILE, test)
@@ -192,7 +194,10 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
         "best_iteration_mean": float(np.nanmean(result.best_iterations.to_numpy(float))),
         "n_features": len(ft.feature_columns)}
     run.log(f"{key}: CV MAE {scores['mae']:.5f}")
-    run.finish(scores=scores, learner=key, **extra)
+    # CPU-s of the fits (worker processes included; fits resumed from `fits` cost nothing): a
+    # shared machine makes wall time noisy, CPU time is the steadier cost figure.
+    cpu_s = None if monitor.cpu_s is None else round(monitor.cpu_s, 1)
+    run.finish(scores=scores, learner=key, cpu_s=cpu_s, **extra)
     log(f"stage2 {name}: CV MAE {scores['mae']:.5f} -> {run.dir}")
     return run.dir
 

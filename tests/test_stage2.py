@@ -128,6 +128,8 @@ def test_swapping_the_learner_is_a_config_change_only(tiny, tmp_path, capsys):
     assert not (root / "lightgbm").exists()
     # Rerun: skipped, nothing refitted.
     meta = (root / "xgboost" / "meta.json").read_text()
+    # The fits' CPU time is recorded (worker processes included): the steadier cost figure.
+    assert yaml.safe_load(meta)["cpu_s"] > 0
     capsys.readouterr()
     assert main(_args(tiny, tmp_path, "--learner", "xgboost,xgboost", "features.stage1=false")) == 0
     assert "done already" in capsys.readouterr().out
