@@ -42,15 +42,20 @@ def learner_params(cfg: Config, key: str) -> dict[str, Any]:
     return deep_merge(base or {}, cfg.stage2.params.get(key, {}))
 
 
-def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
+def run_config(cfg: Config, key: str, params: dict[str, Any],
+               variant: str | None = None) -> dict[str, Any]:
     """The resolved config of one learner's run: only that learner, with its merged params.
 
     Keeping other learners' params out means editing xgboost's file does not invalidate a
-    finished lightgbm run. Other stages' sections are left out too: downstream ones (blend,
-    report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
+    finished lightgbm run (nor does editing a `stage2.variants` entry). Other stages' sections
+    are left out too: downstream ones (blend, report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
     run's signature in the feature hash.
     """
     resolved = STAGE.run_config(copy.deepcopy(cfg.to_dict()))
     resolved["stage2"]["learners"] = [key]
     resolved["stage2"]["params"] = {key: params}
+    # Only this run's variant (if any): adding or editing another variant leaves it alone.
+    variants = resolved["stage2"].pop("variants", {})
+    if variant is not None:
+        resolved["stage2"]["variant"] = {variant: variants[variant]}
     return resolved
