@@ -13,16 +13,24 @@ and fits its weighted ensemble on all OOF rows, so its CV is slightly flattering
 (read from `<data>/oracle/`, benchmarks only) is the fair comparison.
 
 AutoGluon is an optional extra (`pip install -e .[automl]`, best in a separate environment:
-it pins older pandas); without it the benchmark says so and exits 0. Per-target results are
+it pins older pandas); without it the benchmark says so and exits 0. With `--automl-python
+PATH` (that environment's interpreter) the feature table is built here, in the project's own
+environment, so its cache and hash are the ones our stage-2 runs used (the other pandas hashes
+tables differently and would rebuild them), and each target's AutoGluon fit runs in a
+subprocess of PATH on a parquet copy of its rows (`--fit-worker`); its CPU time is counted
+with the process tree. Per-target results are
 saved under `outputs/<exp>/automl/` as they finish, so an interrupted run resumes.
 
-    python -m benchmarks.bench_automl --config configs/demo.yaml --data data/demo --exp demo
+    python -m benchmarks.bench_automl --config configs/demo.yaml --data data/demo --exp demo \
+        --automl-python /path/to/agvenv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,13 +41,13 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.bench_pipeline import machine_info, machine_note
-from benchmarks.bench_stage2 import ProcessTreeMonitor
 from benchmarks.readme_table import print_and_write
 from ensembling.oracle import LABELS_FILE, oracle_dir
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
 from trajstack.config import Config, load_config
 from trajstack.io import read_json, write_json_atomic, write_parquet_atomic
 from trajstack.metrics import mae
+from trajstack.resources import ProcessTreeMonitor
 from trajstack.tables import read_table
 
 MARKER = "automl"
@@ -81,11 +89,48 @@ def fit_target(train: pd.DataFrame, test: pd.DataFrame, time_limit: float, prese
     return oof, pred, summary
 
 
+WORKER_TRAIN, WORKER_TEST, WORKER_RESULT = "train.parquet", "test.parquet", "result.json"
+
+
+def fit_worker(folder: Path, time_limit: float, presets: str, num_cpus: int,
+               verbosity: int = 0) -> None:
+    """`fit_target` on the rows in `folder` (written by `fit_target_in`); result to
+    `folder/result.json`. Runs in AutoGluon's environment."""
+    train = pd.read_parquet(folder / WORKER_TRAIN)
+    test = pd.read_parquet(folder / WORKER_TEST)
+    oof, pred, summary = fit_target(train, test, time_limit, presets, num_cpus, verbosity)
+    write_json_atomic(folder / WORKER_RESULT, {"oof": oof.tolist(), "test": pred.tolist(), **summary})
+
+
+def fit_target_in(python: str, train: pd.DataFrame, test: pd.DataFrame, time_limit: float,
+                  presets: str, num_cpus: int,
+                  verbosity: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """`fit_target` in a subprocess of the interpreter `python` (AutoGluon's own environment),
+    handed the rows through parquet; same returns."""
+    folder = Path(tempfile.mkdtemp(prefix="automl-worker-"))
+    try:
+        write_parquet_atomic(folder / WORKER_TRAIN, train)
+        write_parquet_atomic(folder / WORKER_TEST, test)
+        command = [python, "-m", "benchmarks.bench_automl", "--fit-worker", str(folder),
+                   "--time-limit", str(time_limit), "--presets", presets,
+                   "--num-cpus", str(num_cpus), "--verbosity", str(verbosity)]
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode != 0 or not (folder / WORKER_RESULT).exists():
+            raise RuntimeError(f"AutoGluon's fit in {python} failed (exit {done.returncode}); "
+                               "its output is above")
+        result = json.loads((folder / WORKER_RESULT).read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    oof, pred = np.asarray(result.pop("oof"), float), np.asarray(result.pop("test"), float)
+    return oof, pred, result
+
+
 def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
                verbosity: int = 0, targets: list[str] | None = None,
-               log: Any = print) -> dict[str, Any]:
+               log: Any = print, python: str | None = None) -> dict[str, Any]:
     """AutoGluon per target (`targets`, default all) on stage 2's prepared data; OOF/test
-    predictions, MAE over those targets and timing."""
+    predictions, MAE over those targets and timing. `python`: AutoGluon's interpreter, when
+    it is not this one (each fit runs there, see `fit_target_in`)."""
     from stage2_gbdt.train import prepare
 
     data = prepare(cfg)
@@ -125,13 +170,17 @@ def run_automl(cfg: Config, time_limit: float, presets: str, num_cpus: int,
             started = time.perf_counter()
             try:
                 with ProcessTreeMonitor() as monitor:
-                    o, p, summary = fit_target(frame, X_test, time_limit, presets, num_cpus,
-                                               verbosity)
+                    if python is None:
+                        o, p, summary = fit_target(frame, X_test, time_limit, presets, num_cpus,
+                                                   verbosity)
+                    else:
+                        o, p, summary = fit_target_in(python, frame, X_test, time_limit, presets,
+                                                      num_cpus, verbosity)
             except RuntimeError as err:  # AutoGluon's "No models were trained successfully"
                 raise RuntimeError(f"AutoGluon fitted no model for target {name} within "
-                                   f"{time_limit:g} s (a busy machine leaves it too little CPU); "
-                                   "rerun with a larger --time-limit (finished targets are kept "
-                                   f"in {out_dir} only for the same limit)") from err
+                                   f"{time_limit:g} s ({err}; a busy machine leaves it too little "
+                                   "CPU); rerun with a larger --time-limit (finished targets are "
+                                   f"kept in {out_dir} only for the same limit)") from err
             row_oof = np.full(len(X), np.nan)
             row_oof[known] = o
             saved = {"setting": setting, "oof": row_oof.tolist(), "test": p.tolist(),
@@ -185,7 +234,8 @@ def our_runs(cfg: Config, features_hash: str, targets: list[str]) -> list[dict[s
         y = labels.loc[oof[spec.id_column].astype(str), targets].to_numpy(float)
         rows.append({"model": run.name, "cv_mae": mae(y, oof[targets].to_numpy(float)),
                      "test_mae": test_mae(cfg, pd.read_parquet(run.dir / TEST_FILE), targets),
-                     "wall_s": run.meta.get("wall_time_s")})
+                     "wall_s": run.meta.get("wall_time_s"), "cpu_s": run.meta.get("cpu_s"),
+                     "stage": stage})
     return rows
 
 
@@ -195,20 +245,30 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     automl = result["automl"]
-    lines = ["| model | CV MAE | test MAE | x AutoGluon (CV / test) | wall time (s) |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | CV MAE | test MAE | x AutoGluon (CV / test) | wall time (s) | CPU-s |",
+             "|---|---|---|---|---|---|"]
     for row in [automl, *result["ours"]]:
         cv = row["cv_mae"] / automl["cv_mae"]
         test = (row["test_mae"] / automl["test_mae"]) if row["test_mae"] and automl["test_mae"] else None
         lines.append(f"| {row['model']} | {_fmt(row['cv_mae'])} | {_fmt(row['test_mae'])} | "
-                     f"{cv:.3f} / {_fmt(test, 3)} | {_fmt(row.get('wall_s'), 0)} |")
+                     f"{cv:.3f} / {_fmt(test, 3)} | {_fmt(row.get('wall_s'), 0)} | "
+                     f"{_fmt(row.get('cpu_s'), 0)} |")
     note = (f"MAE over {', '.join(automl['targets'])}. "
             "Same feature table, folds and residual target for all rows (AutoGluon bagged on our "
             "folds, one predictor per target). AutoGluon early-stops each fold child on its own "
             "held-out fold and fits its ensemble weights on all OOF rows, so its CV flatters it; "
             "our blend CV is nested. Test MAE is quoted from the oracle only. "
-            f"AutoGluon CPU time: {automl['cpu_s']:.0f} s.")
+            f"AutoGluon CPU time: {automl['cpu_s']:.0f} s; {_stage2_cpu(result['ours'])}")
     return "\n".join(lines) + "\n\n" + note + "\n\n" + machine_note(result["machine"]) + "\n"
+
+
+def _stage2_cpu(ours: list[dict[str, Any]]) -> str:
+    """Our stage-2 runs' summed CPU time (the blend itself takes seconds), or why it is unknown."""
+    runs = [r for r in ours if r.get("stage") == "stage2"]
+    unknown = [r["model"] for r in runs if r.get("cpu_s") is None]
+    if not runs or unknown:
+        return f"our stage-2 CPU time unknown ({', '.join(unknown) or 'no runs'} predate its record)."
+    return f"our {len(runs)} stage-2 runs together: {sum(r['cpu_s'] for r in runs):.0f} CPU-s."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,16 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", help="comma list of targets (default: all); every row of "
                         "the table is then scored on these only")
     parser.add_argument("--verbosity", type=int, default=0, help="AutoGluon's log level (0-4)")
+    parser.add_argument("--automl-python", help="AutoGluon's interpreter (its own virtualenv); "
+                        "the features are built here and each fit runs there")
+    parser.add_argument("--fit-worker", help=argparse.SUPPRESS)  # internal: see fit_target_in
     parser.add_argument("--readme", help="README to write the table into")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
-    if not autogluon_available():
+    if args.fit_worker:
+        fit_worker(Path(args.fit_worker), args.time_limit, args.presets, args.num_cpus, args.verbosity)
+        return 0
+    if args.automl_python is None and not autogluon_available():
         print("bench_automl: skipped, autogluon.tabular is not installed (pip install -e .[automl], "
               "ideally in its own virtualenv: it pins an older pandas)")
         return 0
     cfg = load_config(args.config, [*args.overrides, f"data_dir={args.data}", f"experiment={args.exp}"])
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    automl = run_automl(cfg, args.time_limit, args.presets, args.num_cpus, args.verbosity, targets)
+    automl = run_automl(cfg, args.time_limit, args.presets, args.num_cpus, args.verbosity, targets,
+                        python=args.automl_python)
     result = {"experiment": args.exp, "automl": automl,
               "ours": our_runs(cfg, automl["features_hash"], automl["targets"]),
               "machine": machine_info()}

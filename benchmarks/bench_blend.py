@@ -81,7 +81,8 @@ def run(config: str, data: str, exp: str, overrides: list[str] | None = None) ->
     for r in store.finished_runs():
         if r.meta.get("stage") in ("stage1", "stage2"):
             scored = score_blend(cfg, [r.name], {"optimizer": "mean"})  # one input: the run itself
-            singles.append({"model": r.name, **scored, "wall_time_s": r.meta.get("wall_time_s")})
+            singles.append({"model": r.name, **scored, "wall_time_s": r.meta.get("wall_time_s"),
+                            "cpu_s": r.meta.get("cpu_s")})
     blends = [{"model": label, "inputs": len(runs), **score_blend(cfg, runs, blend)}
               for label, runs, blend in variants(cfg)]
     return {"experiment": exp, "singles": singles, "blends": blends, "machine": machine_info()}
@@ -95,15 +96,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     """Singles, then blends with their ratio to the best single model (CV and test)."""
     # Every single model counts, the stage-2 runs without stage 1 too (they are blend inputs).
     best = min(result["singles"], key=lambda s: s["cv_mae"])
-    lines = ["| model | CV MAE (nested for blends) | test MAE | x best single (CV / test) | wall time (s) |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | CV MAE (nested for blends) | test MAE | x best single (CV / test) | wall time (s) "
+             "| CPU-s |", "|---|---|---|---|---|---|"]
     for s in sorted(result["singles"], key=lambda s: s["cv_mae"]):
         lines.append(f"| {s['model']} | {_fmt(s['cv_mae'])} | {_fmt(s['test_mae'])} | "
-                     f"{_ratio(s, best)} | {_fmt(s.get('wall_time_s'), 1)} |")
+                     f"{_ratio(s, best)} | {_fmt(s.get('wall_time_s'), 1)} | {_fmt(s.get('cpu_s'), 0)} |")
     for b in result["blends"]:
         kept = "" if b["segments_kept"] is None else f" (kept: {', '.join(b['segments_kept']) or 'none'})"
         lines.append(f"| blend: {b['model']}{kept} | {_fmt(b['cv_mae'])} | {_fmt(b['test_mae'])} | "
-                     f"{_ratio(b, best)} | |")
+                     f"{_ratio(b, best)} | | |")
     note = (f"Best single model: {best['model']}. Blend CV figures are nested (weights, and the "
             "segment keep/drop choice, fit without the fold they score); test MAE is quoted only.")
     return "\n".join(lines) + "\n\n" + note + "\n\n" + machine_note(result["machine"]) + "\n"

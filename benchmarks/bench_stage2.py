@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from stage2_gbdt.params import learner_params, run_config
 from stage2_gbdt.train import Stage2Data, fit_learner, prepare
 from trajstack.config import load_config
 from trajstack.io import atomic_path, data_hash, read_json, write_json_atomic
+from trajstack.resources import ProcessTreeMonitor
 
 LEARNERS = ("lightgbm", "xgboost", "catboost", "catboost_multi")
 FULL_CONFIG = "configs/cpu_full.yaml"
@@ -55,77 +55,6 @@ FULL_WORK_DIR = "outputs/bench_stage2"
 # farthest horizon (the far ones need the most rounds, the near ones the fewest).
 SUBSET_TARGETS = ("x_0", "y_0", "z_0", "x_5", "y_5", "z_5")
 STATE_FILE = "rows.json"
-
-
-class ProcessTreeMonitor:
-    """Samples this process and its descendants (/proc, Linux): peak summed RSS and CPU seconds.
-
-    CPU seconds are the last value seen per process, so workers that exit between samples lose at
-    most one interval. Elsewhere (no /proc) both figures are None.
-    """
-
-    def __init__(self, interval: float = 0.25):
-        self.interval = interval
-        self.peak_rss = 0
-        self._cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._start_cpu = 0.0
-
-    def _stats(self) -> dict[int, tuple[int, float, int]]:
-        """pid -> (parent pid, CPU seconds, RSS bytes) of every readable process."""
-        out = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                text = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick,
-                                    int(fields[21]) * self._page)
-        return out
-
-    def _sample(self) -> None:
-        stats = self._stats()
-        tree, frontier = {os.getpid()}, [os.getpid()]
-        while frontier:
-            parent = frontier.pop()
-            children = [pid for pid, (ppid, _, _) in stats.items() if ppid == parent and pid not in tree]
-            tree.update(children)
-            frontier.extend(children)
-        self.peak_rss = max(self.peak_rss, sum(stats[pid][2] for pid in tree if pid in stats))
-        for pid in tree:
-            if pid in stats:
-                self._cpu[pid] = stats[pid][1]
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> ProcessTreeMonitor:
-        if Path("/proc/self/stat").exists():
-            self._sample()
-            self._start_cpu = sum(self._cpu.values())
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join()
-            self._sample()
-
-    @property
-    def cpu_s(self) -> float | None:
-        return sum(self._cpu.values()) - self._start_cpu if self._cpu else None
-
-    @property
-    def peak_rss_mb(self) -> float | None:
-        return self.peak_rss / 2**20 if self.peak_rss else None
 
 
 def load_1m() -> float | None:

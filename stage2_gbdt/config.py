@@ -14,6 +14,18 @@ from pydantic import Field, field_validator
 from trajstack.spec import StrictModel
 
 
+class Stage2Variant(StrictModel):
+    # Registry key of the learner this run fits.
+    learner: str
+    # Replaces stage2.per_metre_axes for this run (None: the same axes).
+    per_metre_axes: list[str] | None = None
+    # True: fitted without any stage-1 features (physics residual, as stage2.target_baseline
+    # auto gives).
+    without_stage1: bool = False
+    # Overrides of the learner's params (on top of stage2.params.<learner>).
+    params: dict[str, Any] = {}
+
+
 class Stage2Config(StrictModel):
     # Learner registry keys run when the command line names none: lightgbm | xgboost | catboost
     # (one model per target) | catboost_multi (one model for all targets).
@@ -63,6 +75,10 @@ class Stage2Config(StrictModel):
     # out in turn, as `--without-stage1 all` does (stage2/<learner>-without-<run>/); unlike
     # those, these runs are blend inputs: a model that never saw stage 1 errs differently.
     without_stage1: list[str] = []
+    # Extra runs, each its own run folder (stage2/<name>/) and blend input: a learner fitted
+    # with another target scaling and/or without stage 1, which errs differently from the
+    # learners above. Fitted by a plain `trajstack stage2` when their learner is among those run.
+    variants: dict[str, Stage2Variant] = {}
     # Features shown in importance.png.
     importance_top: int = 30
 

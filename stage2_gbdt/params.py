@@ -69,12 +69,13 @@ def target_params(cfg: Config, key: str, targets: list[str]) -> list[dict[str, A
     return [dict(per_axis.get(axis_of[t], {})) for t in targets]
 
 
-def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
+def run_config(cfg: Config, key: str, params: dict[str, Any],
+               variant: str | None = None) -> dict[str, Any]:
     """The resolved config of one learner's run: only that learner, with its merged params.
 
     Keeping other learners' params out means editing xgboost's file does not invalidate a
-    finished lightgbm run. Other stages' sections are left out too: downstream ones (blend,
-    report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
+    finished lightgbm run (nor does editing a `stage2.variants` entry). Other stages' sections
+    are left out too: downstream ones (blend, report, ...) cannot change stage 2, and stage 1 (with its VLM inputs) enters through its
     run's signature in the feature hash.
     """
     resolved = STAGE.run_config(copy.deepcopy(cfg.to_dict()))
@@ -85,4 +86,8 @@ def run_config(cfg: Config, key: str, params: dict[str, Any]) -> dict[str, Any]:
     own_axes = resolved["stage2"].pop("axis_params", {}).get(key)
     if own_axes:
         resolved["stage2"]["axis_params"] = {key: own_axes}
+    # Only this run's variant (if any): adding or editing another variant leaves it alone.
+    variants = resolved["stage2"].pop("variants", {})
+    if variant is not None:
+        resolved["stage2"]["variant"] = {variant: variants[variant]}
     return resolved

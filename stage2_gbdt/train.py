@@ -32,11 +32,12 @@ from stage2_gbdt.without_stage1 import (
     without_run_name,
 )
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
-from trajstack.config import Config, ConfigError
+from trajstack.config import Config, ConfigError, validate_config
 from trajstack.folds import Folds, ensure_folds
 from trajstack.logs import get_logger
 from trajstack.metrics import mae_report
 from trajstack.physics import per_metre_scale, physics_baseline
+from trajstack.resources import ProcessTreeMonitor
 from trajstack.tables import read_table
 
 Log = Callable[[str], None]
@@ -146,22 +147,28 @@ def prediction_frames(data: Stage2Data, result: CVResult) -> tuple[pd.DataFrame,
 
 
 def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = logger.info,
-                  without_stage1: str | None = None) -> Path:
+                  without_stage1: str | None = None, variant: str | None = None) -> Path:
     """Run (or skip, when done with the same config and inputs) learner `key`; its run folder.
 
     With `without_stage1` (a stage-1 run name, `data` prepared from `config_without`), the run
-    is `<key>-without-<name>`, marked so that the blend leaves it out unless named.
+    is `<key>-without-<name>`, marked so that the blend leaves it out unless named. With
+    `variant` (a key of `stage2.variants`, `data` prepared from `config_of_variant`), the run
+    is `stage2/<variant>/`, with the variant's params on top of the learner's.
     """
     cfg = data.cfg
     spec = cfg.dataset
     params = learner_params(cfg, key)
     stage, name, extra = STAGE, key, {}
+    if variant is not None:
+        params = {**params, **cfg.stage2.variants[variant].params}
+        name, extra = variant, {VARIANT_KEY: variant}
+        stage = replace(STAGE, rebuild="trajstack stage2")
     if without_stage1 is not None:
         name = without_run_name(key, without_stage1)
         stage = replace(STAGE, rebuild=f"trajstack stage2 --learner {key} --without-stage1 {without_stage1}")
         extra = {WITHOUT_KEY: without_stage1}
     run = ArtifactStore(cfg.experiment_dir).run(
-        stage, name, run_config(cfg, key, params),
+        stage, name, run_config(cfg, key, params, variant),
         inputs={"features": data.features.hash, "labels": table_hash(data.labels),
                 **data.features.upstream},
         fold_hash=data.folds.hash)
@@ -180,7 +187,8 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
     fits = FitStore(run.path("fits"), run.signature)  # an interrupted run keeps its finished fits
     if force:
         fits.clear()
-    result = fit_learner(data, key, params, resume=fits)
+    with ProcessTreeMonitor() as monitor:  # the fits run in worker processes
+        result = fit_learner(data, key, params, resume=fits)
     oof, test = prediction_frames(data, result)
     run.write_parquet(OOF_FILE, oof)
     run.write_parquet(TEST_FILE, test)
@@ -193,7 +201,10 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
         "best_iteration_mean": float(np.nanmean(result.best_iterations.to_numpy(float))),
         "n_features": len(ft.feature_columns)}
     run.log(f"{key}: CV MAE {scores['mae']:.5f}")
-    run.finish(scores=scores, learner=key, **extra)
+    # CPU-s of the fits (worker processes included; fits resumed from `fits` cost nothing): a
+    # shared machine makes wall time noisy, CPU time is the steadier cost figure.
+    cpu_s = None if monitor.cpu_s is None else round(monitor.cpu_s, 1)
+    run.finish(scores=scores, learner=key, cpu_s=cpu_s, **extra)
     log(f"stage2 {name}: CV MAE {scores['mae']:.5f} -> {run.dir}")
     return run.dir
 
@@ -226,7 +237,39 @@ def main(argv: list[str] | None = None) -> int:
     for key in keys:
         train_learner(data, key, force=args.force)
     train_without_stage1(cfg, keys, force=args.force)
+    train_variants(cfg, keys, force=args.force)
     return 0
+
+
+# meta.json key of a `stage2.variants` run (its value: the variant's name).
+VARIANT_KEY = "variant"
+
+
+def config_of_variant(cfg: Config, name: str) -> Config:
+    """`cfg` as variant `name` of `stage2.variants` fits: its per-metre axes, stage 1 off if
+    it is fitted without stage 1."""
+    variant = cfg.stage2.variants[name]
+    raw = cfg.to_dict()
+    if variant.per_metre_axes is not None:
+        raw["stage2"]["per_metre_axes"] = list(variant.per_metre_axes)
+    if variant.without_stage1:
+        raw["features"]["stage1"].update(runs=None, enabled=False)
+    return validate_config(raw)
+
+
+def train_variants(cfg: Config, keys: list[str], force: bool = False) -> list[Path]:
+    """Fit the `stage2.variants` whose learner is among `keys`; their run folders."""
+    LEARNERS.check([v.learner for v in cfg.stage2.variants.values()])
+    clash = [n for n in cfg.stage2.variants if n in LEARNERS]
+    if clash:
+        raise ConfigError(f"stage2.variants {clash} are named like learners, whose run folders "
+                          "they would overwrite; give them other names")
+    dirs = []
+    for name, variant in cfg.stage2.variants.items():
+        if variant.learner in keys:
+            data = prepare(config_of_variant(cfg, name))
+            dirs.append(train_learner(data, variant.learner, force=force, variant=name))
+    return dirs
 
 
 def train_without_stage1(cfg: Config, keys: list[str], force: bool = False) -> list[Path]:

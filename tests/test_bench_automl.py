@@ -48,3 +48,61 @@ def test_automl_fits_stage2s_own_target_per_metre_scale_and_baseline(monkeypatch
     expected = np.column_stack([1 + base[:, 0], scale[:, 1] + base[:, 1]])
     assert result["cv_mae"] == pytest.approx(mae(labels, expected))
     assert result["cv_mae"] != pytest.approx(mae(labels, 1 + base))  # the scale was put back
+
+
+def _tiny_cfg(tmp_path):
+    from dataset_factory import make_tiny_dataset
+    from test_stage2 import FAST
+
+    from trajstack.config import load_config
+
+    data_dir = make_tiny_dataset(tmp_path / "data", n_scenes=8, rows_per_scene=3, n_test_scenes=2, seed=1).root
+    return load_config("demo", [f"data_dir={data_dir}", f"output_dir={tmp_path / 'out'}", *FAST,
+                                "features.stage1=false"])
+
+
+def test_automl_in_its_own_interpreter_gets_the_rows_through_a_worker(monkeypatch, tmp_path):
+    # --automl-python: the table is built here and each fit runs in a worker process of the
+    # other interpreter. The worker is run in-process here (its command line parsed by main),
+    # with a stand-in fit that predicts each row's label + 0.5: the rows must reach it in order
+    # and its predictions come back to the same rows, as the in-process path gives.
+    import numpy as np
+
+    cfg = _tiny_cfg(tmp_path)
+    calls = []
+
+    def label_plus_half(train, test, *args, **kwargs):
+        y = train[bench_automl.LABEL_COLUMN].to_numpy(float)
+        return y + 0.5, np.full(len(test), 0.25), {"best_model": "stand-in", "n_models": 1}
+
+    def worker_in_process(command, cwd=None):
+        calls.append(command)
+        assert command[1:3] == ["-m", "benchmarks.bench_automl"]
+        code = bench_automl.main(command[3:])
+        return type("Done", (), {"returncode": code})()
+
+    monkeypatch.setattr(bench_automl, "fit_target", label_plus_half)
+    monkeypatch.setattr(bench_automl.subprocess, "run", worker_in_process)
+    via_worker = bench_automl.run_automl(cfg, 1.0, "best_quality", 1, targets=["x_1", "y_2"],
+                                         python="/some/other/python")
+    assert len(calls) == 2 and all(c[0] == "/some/other/python" for c in calls)
+    for saved in (cfg.experiment_dir / "automl").glob("*.json"):
+        saved.unlink()  # fit again, in process this time
+    in_process = bench_automl.run_automl(cfg, 1.0, "best_quality", 1, targets=["x_1", "y_2"])
+    assert len(calls) == 2
+    assert via_worker["cv_mae"] == pytest.approx(0.5)  # label + 0.5 on the right rows
+    assert via_worker["cv_mae"] == pytest.approx(in_process["cv_mae"])
+    assert via_worker["test_mae"] == pytest.approx(in_process["test_mae"])
+
+
+def test_a_failed_automl_worker_names_the_target_and_the_interpreter(tmp_path):
+    # A real worker process of this interpreter, which has no AutoGluon: its fit fails, and the
+    # bench says which target and interpreter, instead of reading a result that is not there.
+    import re
+    import sys
+
+    if bench_automl.autogluon_available():
+        pytest.skip("this interpreter has AutoGluon; the worker would fit")
+    cfg = _tiny_cfg(tmp_path)
+    with pytest.raises(RuntimeError, match=r"target x_1.*" + re.escape(sys.executable)):
+        bench_automl.run_automl(cfg, 1.0, "best_quality", 1, targets=["x_1"], python=sys.executable)

@@ -33,7 +33,7 @@ SMALL = {
     "extra_trees": {"n_estimators": 25, "max_features": 0.7, "min_samples_leaf": 2},
 }
 FAST = ["folds.n_splits=3", "stage2.n_jobs=1", "stage2.early_stopping_rounds=5",
-        "stage2.without_stage1=[]",
+        "stage2.without_stage1=[]", "stage2.variants={}",
         "features.builders=[telemetry, scene_lags, physics, traffic_lights]",
         *(f"stage2.params.{k}={v}" for k, v in SMALL.items())]
 
@@ -128,6 +128,8 @@ def test_swapping_the_learner_is_a_config_change_only(tiny, tmp_path, capsys):
     assert not (root / "lightgbm").exists()
     # Rerun: skipped, nothing refitted.
     meta = (root / "xgboost" / "meta.json").read_text()
+    # The fits' CPU time is recorded (worker processes included): the steadier cost figure.
+    assert yaml.safe_load(meta)["cpu_s"] > 0
     capsys.readouterr()
     assert main(_args(tiny, tmp_path, "--learner", "xgboost,xgboost", "features.stage1=false")) == 0
     assert "done already" in capsys.readouterr().out
@@ -552,3 +554,40 @@ def test_stage2_axis_params_override_one_axis_of_one_learner(tiny, tmp_path, mon
         cfg = load_config("demo", [f"data_dir={tiny.root}", f"stage2.axis_params={bad}"])
         with pytest.raises(ConfigError, match=message):
             target_params(cfg, "catboost_multi", spec.target_columns)
+def test_a_stage2_variant_is_its_own_blend_input_with_its_own_target_scaling(tiny, tmp_path, capsys):
+    """stage2.variants: a learner refitted with other per-metre axes, into its own run folder
+    that the blend reads; adding it does not invalidate the learner's plain run."""
+    from ensembling.inputs import select_runs
+    from trajstack.artifacts import ArtifactStore
+
+    no_splits = ["stage2.params.lightgbm.min_child_samples=100000", "stage2.params.lightgbm.n_estimators=3"]
+    common = ["--learner", "lightgbm", "--exp", "var", "features.stage1=false",
+              "stage2.target_baseline=none", "features.builders=[telemetry]", *no_splits]
+    assert main(_args(tiny, tmp_path, *common)) == 0
+    root = tmp_path / "var" / "stage2"
+    plain_meta = (root / "lightgbm" / "meta.json").read_text()
+    capsys.readouterr()
+    variant = "stage2.variants={lgbm_xyz: {learner: lightgbm, per_metre_axes: [x, y, z]}}"
+    assert main(_args(tiny, tmp_path, *common, variant)) == 0
+    assert "stage2 lightgbm: done already" in capsys.readouterr().out
+    assert (root / "lightgbm" / "meta.json").read_text() == plain_meta
+    meta = yaml.safe_load((root / "lgbm_xyz" / "meta.json").read_text())
+    assert meta["variant"] == "lgbm_xyz" and meta["learner"] == "lightgbm"
+    assert yaml.safe_load((root / "lgbm_xyz" / "config.yaml").read_text())["stage2"]["per_metre_axes"] == ["x", "y", "z"]
+    # Trees that cannot split predict one constant per (fold, target): per metre on x in the
+    # variant, so its x predictions vary with the distance; the plain run's do not.
+    cfg = load_config("demo", [f"data_dir={tiny.root}"])
+    spec = cfg.dataset
+    plain, var = (pd.read_parquet(root / run / OOF_FILE) for run in ("lightgbm", "lgbm_xyz"))
+    x5_spread = {name: frame.groupby("fold")["x_5"].agg(np.ptp).max()
+                 for name, frame in (("plain", plain), ("variant", var))}
+    assert x5_spread["plain"] < 1e-9 < x5_spread["variant"]
+    train = read_table(tiny.root, spec, "train").set_index(spec.id_column).loc[var["ID"]]
+    scale = per_metre_scale(train, spec, cfg.features.physics, ["x", "y", "z"])
+    per_metre = pd.DataFrame(var[spec.target_columns].to_numpy() / scale, columns=spec.target_columns)
+    assert per_metre.groupby(var["fold"].to_numpy()).agg(np.ptp).to_numpy().max() < 1e-9
+    blended = [r.name for r in select_runs(ArtifactStore(tmp_path / "var"), None)]
+    assert "stage2/lgbm_xyz" in blended and "stage2/lightgbm" in blended
+    bad = "stage2.variants={lightgbm: {learner: lightgbm}}"
+    assert main(_args(tiny, tmp_path, *common, bad)) == 2
+    assert "named like learners" in capsys.readouterr().err
