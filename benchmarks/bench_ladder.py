@@ -19,8 +19,14 @@ Every command resumes or skips finished runs, so stage 1 is not retrained after 
 The benchmark reads `oracle/` to score; the pipeline never does (the perception run reads
 camera_state.csv only because this benchmark names it in `features.files`).
 
+With `features.stage1` off in the stack's config (`configs/cpu_full.yaml`: stage 1 at full scale
+is ~2 h of CPU), the stack is stage 2 with the image statistics plus the blend, no stage-1
+command runs and the table says so. Each dataset keeps its own README block (`--marker`).
+
     python -m benchmarks.bench_ladder --config configs/demo.yaml --data data/demo --exp demo \
         --readme README.md
+    python -m benchmarks.bench_ladder --config configs/cpu_full.yaml --data data/full --exp full \
+        --marker ladder_full --readme README.md
 """
 
 from __future__ import annotations
@@ -91,12 +97,15 @@ def reference_overrides(role: str, camera_state: Path | None, builders: list[str
 
 
 def ladder_commands(config: str, data: str, exp: str, learner: str, extra: list[str],
-                    camera_state: Path, builders: list[str]) -> dict[str, list[str]]:
+                    camera_state: Path, builders: list[str],
+                    stack_stage1: bool = True) -> dict[str, list[str]]:
     """The commands behind the ladder, keyed by what they make (each resumes or skips);
-    `builders` are the stack's feature builders."""
+    `builders` are the stack's feature builders; `stack_stage1` False (the stack's
+    `features.stage1` off) leaves out `trajstack stage1`, which would train the network anyway."""
     names = experiment_names(exp)
     commands = {f"stack {stage}": command for stage, command in
-                stage_commands(config, data, exp, [learner], extra).items()}
+                stage_commands(config, data, exp, [learner], extra).items()
+                if stack_stage1 or stage != "stage1"}
     for role in ("telemetry", "perception"):
         commands[f"{role} stage2"] = stage_commands(
             config, data, names[role], [learner],
@@ -261,7 +270,9 @@ def collect_ladder(cfgs: dict[str, Config], learner: str = "lightgbm") -> dict[s
                                          by_role["perception"][split][key])
                      for key in ("mae", *spec.axes)}
              for split in ("cv", "test")}
+    stack_run = next(run for role, _, run in runs if role == "stack")
     return {"rows": rows, "floor": floor, "share": share, "fold_hash": fold_hash,
+            "stack_inputs": sorted(stack_run.meta.get("scores", {}).get("runs", {})),
             "experiments": {role: cfg.experiment for role, cfg in cfgs.items()},
             "n_train": int(len(train_ids)), "n_test": int(len(test_ids)), "axes": list(spec.axes)}
 
@@ -287,7 +298,7 @@ def run(config: str, data: str, exp: str, learner: str = "lightgbm",
     cfgs = {role: load_config(config, [*overrides, f"data_dir={data}", f"experiment={names[role]}"])
             for role in ROLES}
     commands = ladder_commands(config, data, exp, learner, extra, camera_state,
-                               cfgs["stack"].features.builders)
+                               cfgs["stack"].features.builders, cfgs["stack"].features.stage1.enabled)
     times = run_stages(commands) if execute else {}
     result = collect_ladder(cfgs, learner)
     result |= {"data_dir": data, "camera_state": str(camera_state),
@@ -330,6 +341,12 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"learner {result.get('learner', '—')}; camera state `{result.get('camera_state', '—')}` "
         f"(hash {result.get('camera_state_hash', '—')}) on `{result.get('data_dir', '—')}`.",
     ]
+    inputs = result.get("stack_inputs")
+    if inputs:
+        no_stage1 = not any(row["role"] == "stage1" for row in result["rows"])
+        notes.append(f"The stack's blend weighs {', '.join(inputs)}"
+                     + (" (no stage-1 run: stage 2 reads the frames through the image statistics "
+                        "only, `features.stage1` off)" if no_stage1 else "") + ".")
     times = result.get("command_wall_s") or {}
     if times:
         notes.append("Command wall time (s), resumed or skipped work included: "
@@ -348,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learner", default="lightgbm", help="stage-2 learner (default lightgbm)")
     parser.add_argument("--no-run", action="store_true", help="only read finished runs")
     parser.add_argument("--readme", help="README to write the table into")
+    parser.add_argument("--marker", default=MARKER,
+                        help=f"README block to write (default {MARKER}; e.g. {MARKER}_full at full scale)")
     parser.add_argument("extra", nargs="*", help="config overrides key=value for every command")
     args = parser.parse_args(argv)
     try:
@@ -356,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as err:
         print(f"bench ladder: {err}", file=sys.stderr)
         return 2
-    print_and_write(result, result["markdown"], args.readme, MARKER)
+    print_and_write(result, result["markdown"], args.readme, args.marker)
     return 0
 
 

@@ -30,6 +30,15 @@ def _ladder(args: argparse.Namespace) -> dict[str, Any]:
     return bench_ladder.run(args.config, args.data, args.exp)
 
 
+def _ladder_full(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_ladder
+    from benchmarks.bench_stage2 import FULL_CONFIG
+
+    # Its own experiments (full, full-ladder-telemetry, full-ladder-perception): every command
+    # resumes, so a stopped run picks up where it was.
+    return bench_ladder.run(FULL_CONFIG, args.full_data or "data/full", "full")
+
+
 def _cache(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_cache
 
@@ -110,11 +119,14 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
     # Last: it reuses the pipeline's runs, and it stops with a message on data without
     # oracle/camera_state.csv (drivesim v1) after the others have written their tables.
     "ladder": ("telemetry-only stage 2 -> stack -> perception oracle, share captured", _ladder),
+    # Only when named (BENCH=ladder_full): the ladder on data/full with configs/cpu_full.yaml
+    # (stage 1 off), about an hour on 2 cores.
+    "ladder_full": ("the ladder at full scale (configs/cpu_full.yaml, data/full)", _ladder_full),
 }
 
 
 # Benchmarks run only when `--only` names them (long, or needing data the demo does not make).
-ON_REQUEST = ("stage2_full",)
+ON_REQUEST = ("stage2_full", "ladder_full")
 
 
 def to_markdown(title: str, result: dict[str, Any]) -> str:
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="demo")
     parser.add_argument("--exp", default="demo")
     parser.add_argument("--full-data", default=None,
-                        help="the full-scale dataset of stage2_full (default data/full)")
+                        help="the full-scale dataset of stage2_full and ladder_full (default data/full)")
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--only", default=",".join(k for k in BENCHMARKS if k not in ON_REQUEST),
                         help=f"comma list of {', '.join(BENCHMARKS)}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from features.base import BuildContext, SplitFrames, register_builder
@@ -97,7 +96,8 @@ def _rows_for(frame: pd.DataFrame, ids: pd.Series, id_column: str, where: str,
         raise FeatureFileError(f"{where}: {len(dupes)} IDs appear more than once (e.g. "
                                f"{list(dupes[:SHOWN_IDS])}); keep one row per ID")
     wanted = ids.astype(str).to_numpy()
-    missing = wanted[~np.isin(wanted, frame[id_column].to_numpy())]
+    # A hash lookup: np.isin on object arrays compares every pair (minutes at 44,000 rows).
+    missing = wanted[~pd.Series(wanted).isin(frame[id_column]).to_numpy()]
     if len(missing):
         raise FeatureFileError(f"{where}: lacks {len(missing)} of the {len(wanted)} {split} IDs "
                                f"(e.g. {list(missing[:SHOWN_IDS])}); it needs a row for every "

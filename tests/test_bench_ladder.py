@@ -68,7 +68,7 @@ def _offset(values, offsets, spec):
     return values + shift
 
 
-def write_run(cfg, stage, name, role, test_labels, fold_hash=None, features=None):
+def write_run(cfg, stage, name, role, test_labels, fold_hash=None, features=None, scores=None):
     """A finished run whose predictions are the labels shifted by OFFSETS[role]."""
     spec = cfg.dataset
     folds = ensure_folds(cfg)
@@ -86,7 +86,7 @@ def write_run(cfg, stage, name, role, test_labels, fold_hash=None, features=None
     test.insert(0, "ID", test_labels["ID"].to_numpy())
     run.write_parquet("oof.parquet", oof.sample(frac=1, random_state=1))  # any row order
     run.write_parquet("test.parquet", test.sample(frac=1, random_state=2))
-    run.finish()
+    run.finish(scores=scores)
     return run.dir
 
 
@@ -192,3 +192,30 @@ def test_ladder_refuses_a_telemetry_reference_with_image_statistics(data, tmp_pa
     write_run(cfgs["telemetry"], "stage2", "lightgbm", "telemetry", labels, features=with_images)
     with pytest.raises(LadderError, match=r"builders reading frames: \['image_stats'\]"):
         collect_ladder(cfgs)
+
+
+def test_stack_without_stage1_runs_no_stage1_command(tmp_path):
+    # configs/cpu_full.yaml turns stage 1 off: `trajstack stage1` would still train the network
+    # (~2 h of CPU at full scale), so the ladder must not run it.
+    cfg = load_config("configs/cpu_full.yaml")
+    assert not cfg.features.stage1.enabled
+    commands = ladder_commands("configs/cpu_full.yaml", "data/full", "full", "lightgbm", [],
+                               tmp_path / "camera_state.csv", cfg.features.builders,
+                               cfg.features.stage1.enabled)
+    assert list(commands) == ["stack stage2", "stack blend", "telemetry stage2", "perception stage2"]
+    assert not any(a == "stage1" for command in commands.values() for a in command)
+    assert commands["telemetry stage2"][commands["telemetry stage2"].index("--exp") + 1] == \
+        "full-ladder-telemetry"
+
+
+def test_ladder_without_stage1_names_the_stack_inputs(data, tmp_path):
+    ds, labels = data
+    cfgs = _cfgs(ds, tmp_path)
+    write_run(cfgs["telemetry"], "stage2", "lightgbm", "telemetry", labels, features=TELEMETRY)
+    write_run(cfgs["stack"], "blend", cfgs["stack"].blend.run_name, "stack", labels,
+              scores={"runs": {"stage2/xgboost": {}, "stage2/lightgbm": {}}})
+    write_run(cfgs["perception"], "stage2", "lightgbm", "perception", labels, features=PERCEPTION)
+    result = collect_ladder(cfgs)
+    assert [r["role"] for r in result["rows"]] == ["telemetry", "stack", "perception"]
+    assert result["stack_inputs"] == ["stage2/lightgbm", "stage2/xgboost"]
+    assert "weighs stage2/lightgbm, stage2/xgboost (no stage-1 run" in to_markdown(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 
@@ -16,7 +17,9 @@ class ProcessTreeMonitor:
     """Samples this process and its descendants (/proc, Linux): peak summed RSS and CPU seconds.
 
     CPU seconds are the last value seen per process, so workers that exit between samples lose at
-    most one interval. Elsewhere (no /proc) both figures are None.
+    most one interval; the sampling thread's own CPU (a /proc scan per interval, a few percent of
+    a core on a machine with many processes) is left out. Elsewhere (no /proc) both figures are
+    None.
     """
 
     def __init__(self, interval: float = 0.25):
@@ -28,6 +31,7 @@ class ProcessTreeMonitor:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._start_cpu = 0.0
+        self._own_cpu = 0.0  # CPU seconds of the sampling thread, not the work's
 
     def _stats(self) -> dict[int, tuple[int, float, int]]:
         """pid -> (parent pid, CPU seconds, RSS bytes) of every readable process."""
@@ -60,6 +64,7 @@ class ProcessTreeMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+            self._own_cpu = time.thread_time()
 
     def __enter__(self) -> ProcessTreeMonitor:
         if Path("/proc/self/stat").exists():
@@ -76,7 +81,7 @@ class ProcessTreeMonitor:
 
     @property
     def cpu_s(self) -> float | None:
-        return sum(self._cpu.values()) - self._start_cpu if self._cpu else None
+        return sum(self._cpu.values()) - self._start_cpu - self._own_cpu if self._cpu else None
 
     @property
     def peak_rss_mb(self) -> float | None:
