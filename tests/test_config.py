@@ -57,6 +57,20 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(path)
 
 
+def test_an_empty_mapping_in_a_child_config_clears_the_inherited_one(tmp_path):
+    demo = load_config("demo")
+    assert demo.stage2.variants and demo.stage2.params  # what the child below inherits
+    path = tmp_path / "exp.yaml"
+    path.write_text("base: " + str(load_config.__globals__["CONFIG_DIR"] / "demo.yaml") +
+                    "\nstage2:\n  variants: {}\n  params: {lightgbm: {num_leaves: 7}}\n")
+    child = load_config(path)
+    assert child.stage2.variants == {}
+    # A non-empty mapping still merges key by key.
+    assert child.stage2.params["lightgbm"]["num_leaves"] == 7
+    assert child.stage2.params["lightgbm"]["max_bin"] == demo.stage2.params["lightgbm"]["max_bin"]
+    assert child.stage2.params["xgboost"] == demo.stage2.params["xgboost"]
+
+
 def test_spec_consistency_is_checked():
     with pytest.raises(ConfigError, match="flip"):
         load_config("demo", ["dataset.flip.negate_columns=[notAColumn]"])
