@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.bench_pipeline import machine_info, machine_note
-from benchmarks.readme_table import print_and_write
+from benchmarks.readme_table import fmt_cell, print_and_write, ratio_cell
 from ensembling.oracle import LABELS_FILE, oracle_dir
 from trajstack.artifacts import OOF_FILE, TEST_FILE, ArtifactStore
 from trajstack.config import Config, load_config
@@ -239,20 +239,14 @@ def our_runs(cfg: Config, features_hash: str, targets: list[str]) -> list[dict[s
     return rows
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     automl = result["automl"]
     lines = ["| model | CV MAE | test MAE | x AutoGluon (CV / test) | wall time (s) | CPU-s |",
              "|---|---|---|---|---|---|"]
     for row in [automl, *result["ours"]]:
-        cv = row["cv_mae"] / automl["cv_mae"]
-        test = (row["test_mae"] / automl["test_mae"]) if row["test_mae"] and automl["test_mae"] else None
-        lines.append(f"| {row['model']} | {_fmt(row['cv_mae'])} | {_fmt(row['test_mae'])} | "
-                     f"{cv:.3f} / {_fmt(test, 3)} | {_fmt(row.get('wall_s'), 0)} | "
-                     f"{_fmt(row.get('cpu_s'), 0)} |")
+        lines.append(f"| {row['model']} | {fmt_cell(row['cv_mae'])} | {fmt_cell(row['test_mae'])} | "
+                     f"{ratio_cell(row, automl)} | {fmt_cell(row.get('wall_s'), 0)} | "
+                     f"{fmt_cell(row.get('cpu_s'), 0)} |")
     note = (f"MAE over {', '.join(automl['targets'])}. "
             "Same feature table, folds and residual target for all rows (AutoGluon bagged on our "
             "folds, one predictor per target). AutoGluon early-stops each fold child on its own "

@@ -16,10 +16,8 @@ import argparse
 import sys
 from typing import Any
 
-import numpy as np
-
 from benchmarks.bench_pipeline import machine_info, machine_note
-from benchmarks.readme_table import print_and_write
+from benchmarks.readme_table import fmt_cell, print_and_write, ratio_cell
 from ensembling.blend import blend_segments, optimizer_params
 from ensembling.fitting import fit_blend
 from ensembling.inputs import load_inputs
@@ -88,10 +86,6 @@ def run(config: str, data: str, exp: str, overrides: list[str] | None = None) ->
     return {"experiment": exp, "singles": singles, "blends": blends, "machine": machine_info()}
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     """Singles, then blends with their ratio to the best single model (CV and test)."""
     # Every single model counts, the stage-2 runs without stage 1 too (they are blend inputs).
@@ -99,21 +93,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = ["| model | CV MAE (nested for blends) | test MAE | x best single (CV / test) | wall time (s) "
              "| CPU-s |", "|---|---|---|---|---|---|"]
     for s in sorted(result["singles"], key=lambda s: s["cv_mae"]):
-        lines.append(f"| {s['model']} | {_fmt(s['cv_mae'])} | {_fmt(s['test_mae'])} | "
-                     f"{_ratio(s, best)} | {_fmt(s.get('wall_time_s'), 1)} | {_fmt(s.get('cpu_s'), 0)} |")
+        lines.append(f"| {s['model']} | {fmt_cell(s['cv_mae'])} | {fmt_cell(s['test_mae'])} | "
+                     f"{ratio_cell(s, best)} | {fmt_cell(s.get('wall_time_s'), 1)} | {fmt_cell(s.get('cpu_s'), 0)} |")
     for b in result["blends"]:
         kept = "" if b["segments_kept"] is None else f" (kept: {', '.join(b['segments_kept']) or 'none'})"
-        lines.append(f"| blend: {b['model']}{kept} | {_fmt(b['cv_mae'])} | {_fmt(b['test_mae'])} | "
-                     f"{_ratio(b, best)} | | |")
+        lines.append(f"| blend: {b['model']}{kept} | {fmt_cell(b['cv_mae'])} | {fmt_cell(b['test_mae'])} | "
+                     f"{ratio_cell(b, best)} | | |")
     note = (f"Best single model: {best['model']}. Blend CV figures are nested (weights, and the "
             "segment keep/drop choice, fit without the fold they score); test MAE is quoted only.")
     return "\n".join(lines) + "\n\n" + note + "\n\n" + machine_note(result["machine"]) + "\n"
-
-
-def _ratio(row: dict[str, Any], best: dict[str, Any]) -> str:
-    cv = row["cv_mae"] / best["cv_mae"]
-    test = (row["test_mae"] / best["test_mae"]) if row["test_mae"] and best["test_mae"] else None
-    return f"{cv:.3f} / {_fmt(test, 3)}"
 
 
 def main(argv: list[str] | None = None) -> int:

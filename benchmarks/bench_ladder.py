@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.bench_pipeline import machine_info, machine_note, run_stages, stage_commands
-from benchmarks.readme_table import print_and_write
+from benchmarks.readme_table import fmt_cell, print_and_write
 from ensembling.oracle import FLOOR_FILE, LABELS_FILE, ORACLE_DIR, test_score
 from ensembling.report import finished_blend
 from features.build import BUILDERS
@@ -308,10 +308,6 @@ def run(config: str, data: str, exp: str, learner: str = "lightgbm",
     return result
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.0f}%"
 
@@ -322,11 +318,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     head = ["model", "CV MAE", *(f"CV {a}" for a in axes), "test MAE", *(f"test {a}" for a in axes)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        cells = [_fmt(row[split][k]) for split in ("cv", "test") for k in ("mae", *axes)]
+        cells = [fmt_cell(row[split][k]) for split in ("cv", "test") for k in ("mae", *axes)]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     floor = result["floor"]
     lines.append("| oracle floor (rollouts from the exact state) | — |" + " — |" * len(axes)
-                 + f" {_fmt(floor.get('mae'))} | " + " | ".join(_fmt(floor.get(a)) for a in axes) + " |")
+                 + f" {fmt_cell(floor.get('mae'))} | " + " | ".join(fmt_cell(floor.get(a)) for a in axes) + " |")
     share = result["share"]
     cells = [_pct(share[split][k]) for split in ("cv", "test") for k in ("mae", *axes)]
     lines.append("| **share captured** | " + " | ".join(f"**{c}**" for c in cells) + " |")

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from benchmarks.readme_table import print_and_write
+from benchmarks.readme_table import fmt_cell, print_and_write
 from trajstack.artifacts import ArtifactStore
 from trajstack.config import Config, load_config
 from trajstack.tables import read_table
@@ -135,35 +134,31 @@ def run(config: str, data: str, exp: str, learners: list[str] | None = None,
     return {**collect(cfg), "command_wall_s": times, "machine": machine_info()}
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     """The README table: one row per run and per blend score, then test and machine lines."""
     times = result.get("command_wall_s", {})
     test = result.get("test")
     lines = ["| stage | run | CV MAE (OOF) | test MAE | wall time (s) |", "|---|---|---|---|---|"]
     for entry in sorted(result["runs"], key=lambda e: (e["stage"], e["run"])):
-        lines.append(f"| {entry['stage']} | {entry['run']} | {_fmt(entry.get('cv_mae'))} | "
-                     f"{_fmt(entry.get('test_mae'))} | {_fmt(entry.get('wall_time_s'), 1)} |")
+        lines.append(f"| {entry['stage']} | {entry['run']} | {fmt_cell(entry.get('cv_mae'))} | "
+                     f"{fmt_cell(entry.get('test_mae'))} | {fmt_cell(entry.get('wall_time_s'), 1)} |")
     blend = result.get("blend")
     if blend:
-        lines.append(f"| blend | {blend['run']} nested | {_fmt(blend['cv_mae_nested'])} | "
-                     f"{_fmt(test['mae'] if test else None)} | {_fmt(blend.get('wall_time_s'), 1)} |")
-        lines.append(f"| blend | {blend['run']} in-sample | {_fmt(blend['cv_mae_in_sample'])} | | |")
+        lines.append(f"| blend | {blend['run']} nested | {fmt_cell(blend['cv_mae_nested'])} | "
+                     f"{fmt_cell(test['mae'] if test else None)} | {fmt_cell(blend.get('wall_time_s'), 1)} |")
+        lines.append(f"| blend | {blend['run']} in-sample | {fmt_cell(blend['cv_mae_in_sample'])} | | |")
     notes = []
     scored = [e for e in result["runs"] if e.get("cv_mae") is not None]
     if blend and scored:
         best = min(scored, key=lambda e: e["cv_mae"])
         gain = (f"Blend nested CV = **{blend['cv_mae_nested'] / best['cv_mae']:.3f}** x the best "
-                f"single model's ({best['stage']}/{best['run']}, CV {_fmt(best['cv_mae'])})")
+                f"single model's ({best['stage']}/{best['run']}, CV {fmt_cell(best['cv_mae'])})")
         if test and best.get("test_mae"):
             gain += f"; test {test['mae'] / best['test_mae']:.3f} x its test MAE"
         notes.append(gain + ".")
     if test:
-        notes.append(f"Test MAE {_fmt(test['mae'])}, oracle floor {_fmt(test['floor_mae'])}, "
-                     f"ratio **{_fmt(test['ratio_to_floor'], 3)}** x floor.")
+        notes.append(f"Test MAE {fmt_cell(test['mae'])}, oracle floor {fmt_cell(test['floor_mae'])}, "
+                     f"ratio **{fmt_cell(test['ratio_to_floor'], 3)}** x floor.")
     if times:
         notes.append("Command wall time (s), including resumed or skipped work: "
                      + ", ".join(f"{k} {v:.1f}" for k, v in times.items())

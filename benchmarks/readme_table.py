@@ -11,7 +11,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trajstack.io import write_text_atomic
+
+
+def fmt_cell(value: float | None, digits: int = 4) -> str:
+    """A table cell: `value` to `digits` decimals, or "—" when it is missing or not finite."""
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def ratio_cell(row: dict[str, Any], reference: dict[str, Any]) -> str:
+    """"CV / test" ratio of `row`'s MAEs to `reference`'s (`cv_mae`, `test_mae`); test "—" when
+    either has no test MAE."""
+    cv = row["cv_mae"] / reference["cv_mae"]
+    test = (row["test_mae"] / reference["test_mae"]) if row["test_mae"] and reference["test_mae"] else None
+    return f"{cv:.3f} / {fmt_cell(test, 3)}"
 
 
 def markers(marker: str) -> tuple[str, str]:
