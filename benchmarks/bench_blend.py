@@ -2,7 +2,8 @@
 
 Reads a finished experiment (after `make stage1 stage2 blend`, optionally `make stage1-value`)
 and refits only blend weights, so it takes seconds. Rows: every single model, then blends
-adding one thing at a time (GBDTs, optimiser, segment weights, the stage-1-less stage-2 runs).
+adding one thing at a time (GBDTs, optimiser, segment weights, the stage-1-less stage-2 runs,
+the `stage2.variants` runs).
 Every blend CV figure is nested (weights fit on K-1 folds, scored on the held-out one); test
 MAE is quoted from the data's oracle, never used to choose. The markdown table goes between
 ``<!-- bench:blend -->`` markers in README.md.
@@ -22,6 +23,7 @@ from ensembling.blend import blend_segments, optimizer_params
 from ensembling.fitting import fit_blend
 from ensembling.inputs import load_inputs
 from ensembling.oracle import test_score
+from stage2_gbdt.train import VARIANT_KEY
 from stage2_gbdt.without_stage1 import WITHOUT_KEY
 from trajstack.artifacts import ArtifactStore
 from trajstack.config import Config, load_config
@@ -35,8 +37,11 @@ def variants(cfg: Config) -> list[tuple[str, list[str], dict[str, Any]]]:
     """(label, input runs, blend overrides) to score, each adding one thing to the one before."""
     finished = ArtifactStore(cfg.experiment_dir).finished_runs()
     stage1 = [r.name for r in finished if r.meta.get("stage") == "stage1"]
-    gbdts = [r.name for r in finished if r.meta.get("stage") == "stage2" and WITHOUT_KEY not in r.meta]
+    # The learners' own runs, then the two kinds of extra blend inputs, each added as a step.
+    gbdts = [r.name for r in finished if r.meta.get("stage") == "stage2"
+             and WITHOUT_KEY not in r.meta and VARIANT_KEY not in r.meta]
     without = [r.name for r in finished if WITHOUT_KEY in r.meta]
+    extra = [r.name for r in finished if VARIANT_KEY in r.meta]
     lgbm = [n for n in gbdts if n.endswith("/lightgbm")][:1]
     out = []
     if stage1 and lgbm:
@@ -53,6 +58,9 @@ def variants(cfg: Config) -> list[tuple[str, list[str], dict[str, Any]]]:
                 (f"+ {len(without)} stage-2 runs without stage 1, lp + segments",
                  [*everything, *without],
                  {"optimizer": "lp", "segments": {"by": "scene_size", "edges": [2]}})]
+    if extra:
+        out.append((f"+ {len(extra)} stage2.variants runs, lp", [*everything, *without, *extra],
+                    {"optimizer": "lp"}))
     return out
 
 

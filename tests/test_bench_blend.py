@@ -52,3 +52,21 @@ def test_a_stage2_run_without_stage1_counts_as_a_single_model(tmp_path):
     result = bench_blend.run("atmacup18", str(exp.data_dir), exp.cfg.experiment,
                              overrides=exp.overrides)
     assert "Best single model: stage2/lightgbm-without-convnext." in bench_blend.to_markdown(result)
+
+
+def test_a_variant_run_is_its_own_blend_step_not_a_gbdt(tmp_path):
+    # A `stage2.variants` run is an extra blend input like the stage-1-less runs: counting it
+    # among the learners' GBDTs would mislabel what each blend row adds.
+    from stage2_gbdt.train import VARIANT_KEY
+
+    exp = make_experiment(tmp_path, extra_overrides=["report.enabled=false"])
+    write_all_models(exp)
+    run = write_model_run(exp, "stage2/lightgbm_per_metre", noise=0.01, bias=0.0, seed=9)
+    meta = read_json(run.dir / "meta.json")
+    write_json_atomic(run.dir / "meta.json", {**meta, "learner": "lightgbm", VARIANT_KEY: "lightgbm_per_metre"})
+    write_zero_test_labels(exp)
+    result = bench_blend.run("atmacup18", str(exp.data_dir), exp.cfg.experiment,
+                             overrides=exp.overrides)
+    labels = [b["model"] for b in result["blends"]]
+    assert "stage 1 + 2 GBDTs, lp" in labels and labels[-1] == "+ 1 stage2.variants runs, lp"
+    assert "stage2/lightgbm_per_metre" in [s["model"] for s in result["singles"]]
