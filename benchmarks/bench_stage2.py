@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.bench_pipeline import machine_info, machine_note
 from benchmarks.readme_table import print_and_write
@@ -91,6 +92,10 @@ def measure(data: Stage2Data, key: str, config: str, overrides: list[str],
     data = replace(data, cfg=cfg)  # every prepared field kept (baselines, per-metre scales)
     spec = cfg.dataset
     names = list(targets or spec.target_columns)
+    # joblib keeps its worker processes between calls: an earlier row's idle workers would be
+    # counted in this row's memory, and this row would skip the worker start-up a fresh
+    # `trajstack stage2` pays (as the Ray rows pay Ray's). Each row starts its own.
+    get_reusable_executor().shutdown(wait=True)
     load_start = load_1m()
     started = time.perf_counter()
     start_up: dict[str, Any] = {}

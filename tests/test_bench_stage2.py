@@ -56,6 +56,30 @@ def test_measure_fits_what_stage2_fits_per_metre_scales_included(tiny, tmp_path)
     np.testing.assert_array_equal(timed.test, direct.test)
 
 
+def test_measure_starts_without_an_earlier_rows_idle_joblib_workers(tiny, tmp_path, monkeypatch):
+    # joblib keeps its workers alive after a call: a row timed next must neither count their
+    # memory nor reuse them (skipping the worker start-up its own run would pay).
+    import os
+
+    import joblib
+
+    idle = set(joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(4)))
+    assert os.getpid() not in idle
+    watched = []
+
+    class Recording(bench_stage2.ProcessTreeMonitor):
+        def __enter__(self):
+            super().__enter__()
+            watched.append(set(self._cpu))  # the processes seen when the timing starts
+            return self
+
+    monkeypatch.setattr(bench_stage2, "ProcessTreeMonitor", Recording)
+    overrides = [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "features.stage1=false"]
+    data = prepare(load_config("demo", overrides), log=lambda line: None)
+    bench_stage2.measure(data, "lightgbm", "demo", overrides, targets=["x_0"])
+    assert watched and idle.isdisjoint(watched[0])
+
+
 def _full(tiny, work, *extra, **kwargs):
     return bench_stage2.time_full_scale(tiny.root, "demo", [*FAST, "features.stage1=false", *extra],
                                         work, **kwargs)
