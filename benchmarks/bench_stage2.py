@@ -10,14 +10,19 @@ folder persists (`outputs/bench_stage2/` by default): the feature table is built
 there (its first build timed and kept), and each row's figures and predictions are saved as it
 finishes, so a rerun resumes and redoes only rows whose config or features changed. Each
 learner is timed with joblib; `ray_learners` again with the Ray executor on a local cluster,
-their predictions checked against joblib's; slow learners can be timed on a named subset of the
-targets (`subset_learners`, labelled so in the table, never scaled up); then the blend of the
-learners' OOF predictions (nested CV) and the sum stage 2 + blend.
+each Ray row beside a joblib row on exactly the same work (the ratio Ray / joblib, Ray's
+start-up timed apart) and its predictions checked against that row's; slow learners can be
+timed on a named subset of the targets (`subset_learners`, labelled so in the table, never
+scaled up); then the blend of the learners' OOF predictions (nested CV) and the sum stage 2 +
+blend.
 
 CPU seconds and peak memory are summed over the process tree (workers included) from /proc, so
 they stay meaningful on a busy machine where wall time does not (the 1-minute load average is
 recorded beside each row); peak memory is the sum of the processes' resident sets (shared pages
-counted once per process: an upper bound). Test MAE reads `<data>/oracle/` (benchmarks only).
+counted once per process: an upper bound; Ray's object store is shared memory, counted in each
+process that maps it). A local Ray started here is in that tree: its GCS server, raylet, agents
+and workers all descend from this process; a cluster reached through `stage2.ray_address` is
+not, and its figures would leave out the work. Test MAE reads `<data>/oracle/` (benchmarks only).
 
     python -m benchmarks.bench_stage2 --data data/demo
     python -m benchmarks.bench_stage2 --data '' --full-data data/full --readme README.md
@@ -26,6 +31,7 @@ counted once per process: an upper bound). Test MAE reads `<data>/oracle/` (benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.bench_pipeline import machine_info, machine_note
 from benchmarks.readme_table import print_and_write
@@ -42,6 +49,7 @@ from ensembling.blend import optimizer_params
 from ensembling.fitting import fit_blend
 from ensembling.oracle import test_score
 from stage2_gbdt.cv import CVResult
+from stage2_gbdt.parallel import ray_session
 from stage2_gbdt.params import learner_params, run_config
 from stage2_gbdt.train import Stage2Data, fit_learner, prepare
 from trajstack.config import load_config
@@ -77,14 +85,27 @@ def measure(data: Stage2Data, key: str, config: str, overrides: list[str],
             targets: list[str] | None = None) -> tuple[dict[str, Any], CVResult]:
     """Fit learner `key` on the prepared data under `config` + `overrides` (stage-2 options
     such as the executor or seeds; the features stay those prepared), on `targets` (None: all);
-    its figures and its predictions."""
+    its figures and its predictions. With `stage2.executor=ray` the Ray session is started
+    inside the timing but before the fit, its wall and CPU seconds until `ray.init` returns
+    kept as `ray_start_s` / `ray_start_cpu_s` (its workers may still be starting then)."""
     cfg = load_config(config, overrides)
     data = replace(data, cfg=cfg)  # every prepared field kept (baselines, per-metre scales)
     spec = cfg.dataset
     names = list(targets or spec.target_columns)
+    # joblib keeps its worker processes between calls: an earlier row's idle workers would be
+    # counted in this row's memory, and this row would skip the worker start-up a fresh
+    # `trajstack stage2` pays (as the Ray rows pay Ray's). Each row starts its own.
+    get_reusable_executor().shutdown(wait=True)
     load_start = load_1m()
     started = time.perf_counter()
-    with ProcessTreeMonitor() as monitor:
+    start_up: dict[str, Any] = {}
+    with ProcessTreeMonitor() as monitor, contextlib.ExitStack() as session:
+        if cfg.stage2.executor == "ray":
+            # The Ray session the fit would start, started here so that its start-up (ray.init:
+            # GCS, raylet, agents, workers) is timed apart; the fit then uses the running Ray.
+            session.enter_context(ray_session(cfg.stage2.ray_address, cfg.stage2.n_jobs))
+            start_up = {"ray_start_s": round(time.perf_counter() - started, 1),
+                        "ray_start_cpu_s": monitor.cpu_s and round(monitor.cpu_s, 1)}
         result = fit_learner(data, key, learner_params(cfg, key), targets=targets)
     wall = time.perf_counter() - started
     cv_per_target = np.nanmean(np.abs(data.labels[names].to_numpy(float) - result.oof), axis=0)
@@ -100,6 +121,7 @@ def measure(data: Stage2Data, key: str, config: str, overrides: list[str],
         "load_1m": [load_start, load_1m()],
         "cv_mae_per_target": {t: round(float(v), 5) for t, v in zip(names, cv_per_target, strict=True)},
         "test_mae_per_target": test_per_target and {t: round(v, 5) for t, v in test_per_target.items()},
+        **start_up,
     }
     return figures, result
 
@@ -149,7 +171,7 @@ def time_full_scale(data_dir: str | Path, config: str = FULL_CONFIG,
                     subset_learners: tuple[str, ...] = (),
                     subset_targets: tuple[str, ...] = SUBSET_TARGETS,
                     ray_targets: tuple[str, ...] | None = None,
-                    blend: bool = True) -> dict[str, Any]:
+                    ray_repeats: int = 1, blend: bool = True) -> dict[str, Any]:
     """Stage 2 at full scale, resumable: feature table, each learner (joblib), the Ray rows and
     the blend, with every finished row kept in `work_dir` and reused on a rerun.
 
@@ -166,7 +188,11 @@ def time_full_scale(data_dir: str | Path, config: str = FULL_CONFIG,
         their predictions compared with the joblib row's on the targets they share.
     ray_targets : the Ray rows' targets (None: those of the learner's joblib row); a subset
         keeps the comparison affordable on a busy machine (the predictions of a target do not
-        depend on which other targets are fitted).
+        depend on which other targets are fitted). Each Ray row is paired with a joblib row on
+        exactly its targets (the learner's row, or a `<key> joblib` row timed just before it),
+        its ratios to it kept in `vs_joblib`, its Ray start-up (`ray.init`) in `ray_start_s`.
+    ray_repeats : how many times each (joblib, Ray) pair is timed, alternating (`#2`, ...): on
+        a shared machine one pair can catch a burst of other work.
     subset_learners, subset_targets : learners fitted on `subset_targets` only (too slow for
         all targets); the table labels them and quotes the first learner on the same targets.
     blend : blend the learners' OOF predictions (on the targets they share) with the config's
@@ -200,14 +226,27 @@ def time_full_scale(data_dir: str | Path, config: str = FULL_CONFIG,
 
     targets_of = {key: (list(subset_targets) if key in subset_learners else None) for key in learners}
     rows = [(key, key, [], targets_of[key]) for key in learners]
+    # Each Ray row beside a joblib row on the same work (learner, targets, folds, n_jobs and
+    # threads): the learner's own row when it fits exactly the Ray row's targets, else a row of
+    # its own ("<key> joblib"), timed just before the Ray row so that both see the same load.
+    ray_pairs: list[tuple[str, str]] = []  # (Ray row, joblib row on the same work)
+    same_work_rows: set[str] = set()  # joblib rows there only for a Ray row: not summed, not blended
     for key in ray_learners:
         reference = targets_of.get(key) or cfg.dataset.target_columns
         if key not in learners or not set(ray_targets or reference) <= set(reference):
             raise ValueError(f"the Ray row of {key} is checked against its joblib row: list {key} "
                              f"in learners and give ray_targets among its targets {reference}")
-    rows += [(f"{key} ray", key, ["stage2.executor=ray"],
-              targets_of.get(key) if ray_targets is None else list(ray_targets))
-             for key in ray_learners]
+        work_targets = targets_of.get(key) if ray_targets is None else list(ray_targets)
+        for repeat in range(1, ray_repeats + 1):
+            suffix = "" if repeat == 1 else f" #{repeat}"
+            joblib_name = f"{key} joblib{suffix}"
+            if repeat == 1 and list(work_targets or reference) == list(reference):
+                joblib_name = key
+            else:
+                rows.append((joblib_name, key, [], work_targets))
+                same_work_rows.add(joblib_name)
+            rows.append((f"{key} ray{suffix}", key, ["stage2.executor=ray"], work_targets))
+            ray_pairs.append((f"{key} ray{suffix}", joblib_name))
     predictions: dict[str, dict[str, np.ndarray]] = {}
     for name, key, extra, targets in rows:
         row_cfg = load_config(config, [*overrides, *extra])
@@ -227,14 +266,18 @@ def time_full_scale(data_dir: str | Path, config: str = FULL_CONFIG,
             print(json.dumps({"data": str(data_dir), "row": name, **figures}), flush=True)
         with np.load(pred_path) as saved_predictions:
             predictions[name] = {k: saved_predictions[k] for k in ("oof", "test")}
-        out["learners"][name] = rows_state[name]
-    for key in ray_learners:
+        out["learners"][name] = {**rows_state[name], "same_work_as_ray": name in same_work_rows}
+    for ray_name, joblib_name in ray_pairs:
         # The same seeds, tasks and threads: the executor must not change a single prediction.
-        ray, ref = predictions[f"{key} ray"], predictions[key]
-        ray_names, ref_names = out["learners"][f"{key} ray"]["targets"], out["learners"][key]["targets"]
-        shared = [ref_names.index(t) for t in ray_names]
-        out["learners"][f"{key} ray"]["max_abs_diff_vs_joblib"] = float(max(
+        ray_row, joblib_row = out["learners"][ray_name], out["learners"][joblib_name]
+        ray, ref = predictions[ray_name], predictions[joblib_name]
+        shared = [joblib_row["targets"].index(t) for t in ray_row["targets"]]
+        ray_row["max_abs_diff_vs_joblib"] = float(max(
             np.nanmax(np.abs(ray[k] - ref[k][:, shared])) for k in ("oof", "test")))
+        ray_row["vs_joblib"] = {"row": joblib_name, **{
+            figure: (None if not ray_row[figure] or not joblib_row[figure]
+                     else round(ray_row[figure] / joblib_row[figure], 3))
+            for figure in ("wall_s", "cpu_s", "peak_rss_mb")}}
     if blend and len(learners) > 1:
         out["blend"] = time_blend(data, {k: predictions[k] for k in learners},
                                   {k: out["learners"][k]["targets"] for k in learners})
@@ -276,7 +319,7 @@ def run(data_dir: str | Path | None = "data/demo", full_data_dir: str | Path | N
         work_dir: str | Path = FULL_WORK_DIR, full_learners: tuple[str, ...] | None = None,
         subset_learners: tuple[str, ...] = (),
         subset_targets: tuple[str, ...] = SUBSET_TARGETS,
-        ray_targets: tuple[str, ...] | None = None) -> dict[str, Any]:
+        ray_targets: tuple[str, ...] | None = None, ray_repeats: int = 1) -> dict[str, Any]:
     """Time every learner on the demo data and (if given) stage 2 at full scale.
 
     Parameters
@@ -288,8 +331,8 @@ def run(data_dir: str | Path | None = "data/demo", full_data_dir: str | Path | N
     overrides : extra `key=value` config overrides (e.g. stage2.n_jobs=1), applied after
         `features.stage1=false` (stage-1 runs do not exist in the benchmark's output folder).
     seeds : on the demo, the first learner again with `stage2.seeds=seeds` (0 or 1: skip).
-    ray_learners, full_config, work_dir, subset_learners, subset_targets, ray_targets : at full scale,
-        see `time_full_scale`; `full_learners` are its learners (None: the demo's, less the
+    ray_learners, full_config, work_dir, subset_learners, subset_targets, ray_targets,
+        ray_repeats : at full scale, see `time_full_scale`; `full_learners` are its learners (None: the demo's, less the
         multi-output one).
     """
     overrides = ["features.stage1=false", *(overrides or [])]
@@ -302,7 +345,7 @@ def run(data_dir: str | Path | None = "data/demo", full_data_dir: str | Path | N
         keys = full_learners or tuple(k for k in learners if k != "catboost_multi")
         result["full_scale"] = time_full_scale(
             full_data_dir, full_config, overrides, work_dir, keys, ray_learners,
-            subset_learners, subset_targets, ray_targets)
+            subset_learners, subset_targets, ray_targets, ray_repeats)
     return result
 
 
@@ -320,6 +363,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _load(row: dict[str, Any]) -> str:
@@ -366,12 +413,22 @@ def full_scale_markdown(full: dict[str, Any]) -> str:
             diff = row["max_abs_diff_vs_joblib"]
             executor += (", predictions identical to joblib" if diff == 0
                          else f", max abs diff vs joblib {diff:.2g}")
-        elif row["executor"] == "joblib":
+        elif row["executor"] == "joblib" and not row.get("same_work_as_ray"):
             stage2_wall += row["wall_s"]
+        if row.get("same_work_as_ray"):
+            executor += ", the Ray row's work"
         lines.append(f"| {name} | {targets} | {executor} | {row['wall_s']} | {_fmt(row['cpu_s'], 1)} | "
                      f"{_fmt(row['peak_rss_mb'])} | {_fmt(row['cv_mae'])} | {_fmt(row['test_mae'])} | "
                      f"{row['best_iteration_mean']} | {_load(row)} |")
-        if subset and row["key"] != rows[reference]["key"]:
+        if row.get("ray_start_s") is not None:
+            lines.append(f"| {name}: of which Ray start-up (until ray.init returns) | | ray | "
+                         f"{row['ray_start_s']} | {_fmt(row['ray_start_cpu_s'], 1)} | | | | | |")
+        if "vs_joblib" in row:
+            ratio = row["vs_joblib"]
+            lines.append(f"| {name} / {ratio['row']} (same targets, folds, n_jobs, threads) | | ratio | "
+                         + " | ".join(_times(ratio[k]) for k in ("wall_s", "cpu_s", "peak_rss_mb"))
+                         + " | | | | |")
+        if subset and row["key"] != rows[reference]["key"] and not row.get("same_work_as_ray"):
             ref = rows[reference]
             cv = float(np.mean([ref["cv_mae_per_target"][t] for t in row["targets"]]))
             test = (None if not ref.get("test_mae_per_target") else
@@ -383,7 +440,8 @@ def full_scale_markdown(full: dict[str, Any]) -> str:
         lines.append(f"| blend ({blend['optimizer']}: {', '.join(blend['models'])}) | "
                      f"{len(blend['targets'])} | in process | {blend['wall_s']} | | | "
                      f"{_fmt(blend['cv_mae_nested'])} (nested) | {_fmt(blend['test_mae'])} | | |")
-        if all(len(row["targets"]) == n_all for row in rows.values() if row["executor"] == "joblib"):
+        if all(len(row["targets"]) == n_all for row in rows.values()
+               if row["executor"] == "joblib" and not row.get("same_work_as_ray")):
             lines.append(f"| stage 2 + blend (sum of the joblib rows and the blend) | {n_all} | | "
                          f"{round(stage2_wall + blend['wall_s'], 1)} | | | | | | |")
         else:  # a sum over different target sets would mean nothing
@@ -410,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset-targets", default=",".join(SUBSET_TARGETS))
     parser.add_argument("--ray-targets", default="",
                         help="targets of the Ray rows ('': those of the learner's joblib row)")
+    parser.add_argument("--ray-repeats", type=int, default=1,
+                        help="time each (joblib, Ray) pair on the Ray targets N times, alternating")
     parser.add_argument("--seeds", type=int, default=3,
                         help="demo: the first learner again with stage2.seeds=N (1: skip)")
     parser.add_argument("--config", default="demo")
@@ -426,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.data or None, args.full_data, keys(args.learners), args.config,
                  args.overrides, args.seeds, keys(args.ray_learners), args.full_config,
                  args.work_dir, keys(args.full_learners), keys(args.subset_learners),
-                 keys(args.subset_targets), keys(args.ray_targets) or None)
+                 keys(args.subset_targets), keys(args.ray_targets) or None, args.ray_repeats)
     marker = "stage2_full" if args.full_data else "stage2"
     print_and_write(result, to_markdown(result), args.readme, marker)
     return 0

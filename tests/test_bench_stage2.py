@@ -56,6 +56,30 @@ def test_measure_fits_what_stage2_fits_per_metre_scales_included(tiny, tmp_path)
     np.testing.assert_array_equal(timed.test, direct.test)
 
 
+def test_measure_starts_without_an_earlier_rows_idle_joblib_workers(tiny, tmp_path, monkeypatch):
+    # joblib keeps its workers alive after a call: a row timed next must neither count their
+    # memory nor reuse them (skipping the worker start-up its own run would pay).
+    import os
+
+    import joblib
+
+    idle = set(joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(4)))
+    assert os.getpid() not in idle
+    watched = []
+
+    class Recording(bench_stage2.ProcessTreeMonitor):
+        def __enter__(self):
+            super().__enter__()
+            watched.append(set(self._cpu))  # the processes seen when the timing starts
+            return self
+
+    monkeypatch.setattr(bench_stage2, "ProcessTreeMonitor", Recording)
+    overrides = [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST, "features.stage1=false"]
+    data = prepare(load_config("demo", overrides), log=lambda line: None)
+    bench_stage2.measure(data, "lightgbm", "demo", overrides, targets=["x_0"])
+    assert watched and idle.isdisjoint(watched[0])
+
+
 def _full(tiny, work, *extra, **kwargs):
     return bench_stage2.time_full_scale(tiny.root, "demo", [*FAST, "features.stage1=false", *extra],
                                         work, **kwargs)
@@ -107,6 +131,84 @@ def test_full_scale_rows_resume_subset_learners_are_labelled_and_blended(tiny, t
     assert changed["learners"]["xgboost"] == first["learners"]["xgboost"]
 
 
+def test_ray_rows_are_timed_beside_joblib_on_the_same_work(tiny, tmp_path, monkeypatch):
+    # No cluster here: joblib stands in for Ray (the executor override is dropped), so what is
+    # tested is which rows are timed, in what order, paired how, and what the table sums.
+    real_measure = bench_stage2.measure
+    fitted = []
+
+    def joblib_for_ray(data, key, config, overrides, targets=None):
+        on_ray = "stage2.executor=ray" in overrides
+        fitted.append((key, on_ray, targets))
+        figures, result = real_measure(data, key, config,
+                                       [o for o in overrides if o != "stage2.executor=ray"], targets)
+        # Known figures: Ray 1.5x the wall, 2x the CPU and 2.5x the memory of joblib.
+        cost = (15.0, 16.0, 250) if on_ray else (10.0, 8.0, 100)
+        return {**figures, **dict(zip(("wall_s", "cpu_s", "peak_rss_mb"), cost, strict=True))}, result
+
+    monkeypatch.setattr(bench_stage2, "measure", joblib_for_ray)
+    result = _full(tiny, tmp_path, learners=("lightgbm", "xgboost"), ray_learners=("lightgbm",),
+                   ray_targets=SUBSET, ray_repeats=2)
+    pair = list(SUBSET)
+    # The learner's row fits all 18 targets: each Ray row gets a joblib row on its 2, timed
+    # just before it, alternating over the repeats.
+    assert fitted == [("lightgbm", False, None), ("xgboost", False, None),
+                      ("lightgbm", False, pair), ("lightgbm", True, pair),
+                      ("lightgbm", False, pair), ("lightgbm", True, pair)]
+    rows = result["learners"]
+    assert list(rows) == ["lightgbm", "xgboost", "lightgbm joblib", "lightgbm ray",
+                          "lightgbm joblib #2", "lightgbm ray #2"]
+    assert [rows[n]["same_work_as_ray"] for n in rows] == [False, False, True, False, True, False]
+    for ray_name, joblib_name in (("lightgbm ray", "lightgbm joblib"), ("lightgbm ray #2", "lightgbm joblib #2")):
+        ray_row, joblib_row = rows[ray_name], rows[joblib_name]
+        assert ray_row["targets"] == joblib_row["targets"] == pair
+        assert ray_row["executor"] == "ray" and joblib_row["executor"] == "joblib"
+        assert ray_row["max_abs_diff_vs_joblib"] == 0.0
+        assert ray_row["vs_joblib"] == {"row": joblib_name, "wall_s": 1.5, "cpu_s": 2.0, "peak_rss_mb": 2.5}
+    table = bench_stage2.full_scale_markdown(result)
+    assert "| lightgbm joblib | 2 of 18 (x_0, y_5) | joblib, the Ray row's work |" in table
+    assert ("| lightgbm ray / lightgbm joblib (same targets, folds, n_jobs, threads) | | ratio | "
+            "1.50x | 2.00x | 2.50x |") in table
+    # The joblib rows there for Ray are neither blended nor summed with the learners' rows.
+    assert result["blend"]["models"] == ["lightgbm", "xgboost"]
+    total = round(10.0 + 10.0 + result["blend"]["wall_s"], 1)
+    assert f"| stage 2 + blend (sum of the joblib rows and the blend) | 18 | | {total} |" in table
+
+    # Ray on exactly the learner's targets: the learner's own row is its joblib row.
+    fitted.clear()
+    alone = _full(tiny, tmp_path / "same", learners=("lightgbm",), ray_learners=("lightgbm",),
+                  subset_learners=("lightgbm",), subset_targets=SUBSET)
+    assert fitted == [("lightgbm", False, pair), ("lightgbm", True, pair)]
+    assert list(alone["learners"]) == ["lightgbm", "lightgbm ray"]
+    assert alone["learners"]["lightgbm ray"]["vs_joblib"]["row"] == "lightgbm"
+
+
+@pytest.mark.ray
+def test_process_tree_monitor_counts_a_local_rays_workers():
+    # Ray's workers are the raylet's children, not joblib-style children of this process: the
+    # monitor must still see them (a local Ray started by this process).
+    pytest.importorskip("ray", reason="executor=ray needs the `ray` extra")
+    import os
+    import time
+
+    from stage2_gbdt.parallel import ray_session, run_tasks
+
+    def burn(seconds):  # nested: pickled by value for the workers
+        import os
+        import time
+
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+        return os.getpid()
+
+    with bench_stage2.ProcessTreeMonitor(interval=0.05) as monitor, ray_session(None, 2):
+        workers = set(run_tasks(burn, [(1.0,), (1.0,)], n_jobs=2, executor="ray"))
+        time.sleep(0.2)  # a sample after the tasks, while the workers live
+    assert os.getpid() not in workers
+    assert sum(monitor._cpu.get(pid, 0.0) for pid in workers) >= 1.8
+
+
 @pytest.mark.ray
 def test_full_scale_ray_row_is_checked_against_joblib(tiny, tmp_path):
     pytest.importorskip("ray", reason="executor=ray needs the `ray` extra")
@@ -118,9 +220,18 @@ def test_full_scale_ray_row_is_checked_against_joblib(tiny, tmp_path):
                    subset_learners=("lightgbm",), subset_targets=SUBSET, ray_targets=("y_5",))
     ray_row, joblib_row = result["learners"]["lightgbm ray"], result["learners"]["lightgbm"]
     assert ray_row["executor"] == "ray" and ray_row["targets"] == ["y_5"]
+    # Compared with a joblib row on y_5 alone, the same work; the 2-target row is not it.
+    assert ray_row["vs_joblib"]["row"] == "lightgbm joblib"
+    assert result["learners"]["lightgbm joblib"]["targets"] == ["y_5"]
     assert ray_row["max_abs_diff_vs_joblib"] == 0.0
     assert ray_row["cv_mae"] == joblib_row["cv_mae_per_target"]["y_5"]
-    assert "ray, predictions identical to joblib" in bench_stage2.full_scale_markdown(result)
+    # Ray's start-up is timed apart, inside the row's figures.
+    assert 0 < ray_row["ray_start_s"] <= ray_row["wall_s"]
+    assert 0 < ray_row["ray_start_cpu_s"] <= ray_row["cpu_s"]
+    table = bench_stage2.full_scale_markdown(result)
+    assert "ray, predictions identical to joblib" in table
+    assert (f"| lightgbm ray: of which Ray start-up (until ray.init returns) | | ray | "
+            f"{ray_row['ray_start_s']} | {ray_row['ray_start_cpu_s']:.1f} |") in table
 
 
 def test_make_bench_runs_the_full_scale_stage2_only_when_named(monkeypatch, tmp_path):
