@@ -3,8 +3,9 @@ trees from scikit-learn) behind one scikit-learn estimator contract.
 
 Each is registered by string key (`create_learner("xgboost", params=...)`); an unknown key
 fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
-contract); `params` are passed to the library's own regressor, so any library option (GPU flags
-included) goes through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
+contract); `params` are passed to the library's own regressor (LightGBM: to `lightgbm.train`,
+which takes LGBMRegressor's names as aliases), so any library option (GPU flags included) goes
+through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
 validation rows (stage 2 passes an inner holdout of the training scenes, never the scored fold);
 `feature_importances_` is the total gain per feature. `with_rounds(n)` is the same learner fixed
 at n rounds (the refit after early stopping).
@@ -19,7 +20,6 @@ then fits one model per fold instead of one per (target, fold).
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from trajstack.io import data_hash
+from trajstack.io import array_hash, data_hash
 from trajstack.registry import Registry
 
 LEARNERS: Registry[type[GBDTRegressor]] = Registry("stage-2 learner")
@@ -92,19 +92,6 @@ _BINNED: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 BINNED_CACHE_SIZE = 4
 
 
-def array_digest(*arrays: np.ndarray | None) -> str:
-    """sha256 of the arrays' shapes, dtypes and bytes: equal only for equal contents."""
-    h = hashlib.sha256()
-    for a in arrays:
-        if a is None:
-            h.update(b"none;")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 def binned_datasets(X: np.ndarray, X_valid: np.ndarray | None, params: dict[str, Any],
                     categorical: list[int] | str) -> tuple[Any, Any]:
     """Constructed (binned) LightGBM Datasets of `X` and the validation rows `X_valid` (binned
@@ -117,7 +104,7 @@ def binned_datasets(X: np.ndarray, X_valid: np.ndarray | None, params: dict[str,
     """
     import lightgbm as lgb
 
-    key = data_hash([array_digest(X, X_valid), params, categorical])
+    key = data_hash([array_hash(X, X_valid), params, categorical])
     if key in _BINNED:
         _BINNED.move_to_end(key)
         return _BINNED[key]

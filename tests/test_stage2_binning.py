@@ -13,6 +13,7 @@ import stage2_gbdt.cv as cv_module
 from stage2_gbdt import learners
 from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import create_learner
+from trajstack.io import array_hash
 
 PARAMS = {**SMALL["lightgbm"], "n_estimators": 60, "subsample": 0.7, "subsample_freq": 1,
           "colsample_bytree": 0.7, "max_bin": 31, "objective": "huber", "alpha": 0.5}
@@ -135,3 +136,14 @@ def test_fits_are_handed_to_the_workers_fold_by_fold(monkeypatch):
     cross_validate("lightgbm", SMALL["lightgbm"], X, Y, X.iloc[:5], folds, target_names=["t0", "t1"],
                    early_stopping_rounds=5)
     assert seen == [(t, f) for f in range(4) for t in range(2)]
+
+
+def test_array_hash_tells_apart_values_shapes_dtypes_and_positions():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert array_hash(a, None) == array_hash(a.copy(), None)
+    assert array_hash(a[:, :2]) == array_hash(np.ascontiguousarray(a[:, :2]))  # a view hashes its values
+    changed = a.copy()
+    changed[2, 3] = np.nextafter(changed[2, 3], np.float32(100))
+    others = [changed, a.reshape(4, 3), a.astype(np.float64), a[:2]]
+    assert len({array_hash(x) for x in [a, *others]}) == 5
+    assert array_hash(a, None) != array_hash(None, a) != array_hash(a)
