@@ -191,7 +191,9 @@ def cross_validate(
         raise ValueError(f"target_params needs one mapping per target ({Y.shape[1]}) and a learner "
                          f"with one model per target; got {len(target_params)} for {learner_key}")
     task_targets = [ALL_TARGETS] if multi_output else range(Y.shape[1])
-    all_tasks = [(t, f) for t in task_targets for f in fold_ids]
+    # Fold by fold: a worker's consecutive fits then share their training rows, which LightGBM
+    # bins once per worker and reuses (learners.binned_datasets).
+    all_tasks = [(t, f) for f in fold_ids for t in task_targets]
     done = [r for r in (resume.load(t, f) for t, f in all_tasks) if r is not None] if resume else []
     finished = {(r["target"], r["fold"]) for r in done}
     tasks_of = [task for task in all_tasks if task not in finished]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -85,3 +86,17 @@ def data_hash(data: Any) -> str:
     """sha256 of a JSON-serialisable value in canonical form (sorted keys)."""
     blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def array_hash(*arrays: np.ndarray | None) -> str:
+    """sha256 of the arrays' dtypes, shapes and bytes (None counted too): a key that is equal
+    only for equal contents (full hex digest)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none;")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
