@@ -209,6 +209,10 @@ class Stage1Config(StrictModel):
     # (its residual_baseline model and vehicle), which the net adds back to its outputs; the
     # net then spends its capacity on what telemetry kinematics miss (the road ahead, traffic).
     baseline: Literal["none", "physics"] = "none"
+    # Axes whose (residual) targets the heads learn per metre travelled, as stage2.per_metre_axes
+    # does (`trajstack.physics.per_metre_scale`: z is the road's grade times the distance
+    # driven); the outputs are multiplied back, so predictions stay in metres.
+    per_metre_axes: list[str] = []
     progress: bool = True
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

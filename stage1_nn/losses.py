@@ -2,8 +2,9 @@
 optionally + a jerk penalty on the predicted path and SmoothL1 on the next row's telemetry.
 
 Outputs and targets arrive flat over real rows (padding already dropped by the mask), so only
-missing target values need masking. With per-target normalisation the errors are divided by
-the training-fold std of each target, so every target weighs alike.
+missing target values need masking. With `stage1.per_metre_axes` each row's errors are divided
+by its distances first (the heads learn those axes per metre); with per-target normalisation
+they are then divided by the training-fold std of each target, so every target weighs alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.Tensor | None,
                 cfg: LossConfig, main_scale: torch.Tensor | None = None,
                 aux_scale: torch.Tensor | None = None, next_telemetry: torch.Tensor | None = None,
-                spec: DatasetSpec | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                spec: DatasetSpec | None = None, target_scale: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for logging.
 
     Parameters
@@ -37,9 +39,12 @@ def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.
     main_scale, aux_scale : per-target divisors when `cfg.normalize_targets`.
     next_telemetry : flat next-row telemetry targets (NaN: left out), for `cfg.next_telemetry_weight`.
     spec : dataset spec (horizons and axes), needed for `cfg.jerk_weight`.
+    target_scale : flat (n, m) per-row divisors of the main errors (`stage1.per_metre_axes`) or None.
     """
     valid = torch.isfinite(targets)
     diff = out["main"] - torch.nan_to_num(targets)
+    if target_scale is not None:
+        diff = diff / target_scale
     if cfg.normalize_targets and main_scale is not None:
         diff = diff / main_scale
     main = masked_mean(diff.abs(), valid)
