@@ -422,6 +422,23 @@ def test_loss_leaves_out_missing_labels():
     assert torch.all(pred.grad[2:] == 0) and torch.any(pred.grad[:2] != 0)
 
 
+def test_axis_weights_weigh_only_the_named_axis_and_refuse_unknown_axes():
+    # `stage1.loss.axis_weights: {z: 3}`: an error on z counts three times, one on x or y once.
+    from stage1_nn.config import LossConfig
+    from stage1_nn.losses import stage1_loss
+
+    spec = load_config("demo").dataset
+    cfg = LossConfig(aux=False, axis_weights={"z": 3.0})
+    targets = torch.zeros(2, 18)
+    for axis, weight in (("x", 1.0), ("y", 1.0), ("z", 3.0)):
+        off = torch.zeros(2, 18)
+        off[:, spec.target_columns.index(f"{axis}_2")] = 1.0
+        loss, _ = stage1_loss({"main": off}, targets, None, cfg, spec=spec)
+        assert loss.item() == pytest.approx(weight / 18)
+    with pytest.raises(ConfigError, match=r"stage1\.loss\.axis_weights names \['w'\]"):
+        stage1_loss({"main": targets}, targets, None, LossConfig(aux=False, axis_weights={"w": 2.0}), spec=spec)
+
+
 @pytest.mark.parametrize("backbone", ["test_convnext", "resnet10t"])
 def test_stem_surgery_doubles_the_backbone_output_map(backbone):
     cfg = load_config("demo", [f"stage1.model.backbone={backbone}"]).stage1.model
