@@ -80,6 +80,9 @@ class LossConfig(StrictModel):
     aux_beta: float = 1.0
     # Scale targets by their training-fold mean/std inside the model (outputs stay in metres).
     normalize_targets: bool = False
+    # Weight of each named axis's main-head terms (unnamed axes: 1), e.g. {z: 2.0}: more of the
+    # gradient for an axis only the frames can tell.
+    axis_weights: dict[str, float] = {}
     # Mean |third divided difference| of the predicted path per axis (m/s^3): 0 on any
     # constant-acceleration path, so it penalises only jerky, physically implausible ones.
     jerk_weight: float = Field(0.0, ge=0)
@@ -209,6 +212,10 @@ class Stage1Config(StrictModel):
     # (its residual_baseline model and vehicle), which the net adds back to its outputs; the
     # net then spends its capacity on what telemetry kinematics miss (the road ahead, traffic).
     baseline: Literal["none", "physics"] = "none"
+    # Axes whose (residual) targets the heads learn per metre travelled, as stage2.per_metre_axes
+    # does (`trajstack.physics.per_metre_scale`: z is the road's grade times the distance
+    # driven); the outputs are multiplied back, so predictions stay in metres.
+    per_metre_axes: list[str] = []
     progress: bool = True
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

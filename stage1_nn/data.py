@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from trajstack.config import Config, ConfigError
 from trajstack.io import file_hash
-from trajstack.physics import physics_baseline
+from trajstack.physics import per_metre_scale, physics_baseline
 from trajstack.spec import DatasetSpec
 from trajstack.tables import scene_and_time
 
@@ -274,6 +274,15 @@ def target_baseline(cfg: Config, table: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
+def target_scale(cfg: Config, table: pd.DataFrame) -> np.ndarray | None:
+    """(rows, n_targets) float32 divisor of the targets the heads learn (`stage1.per_metre_axes`:
+    the distance to each horizon on those axes, 1 elsewhere), or None when no axis is scaled."""
+    if not cfg.stage1.per_metre_axes:
+        return None
+    return per_metre_scale(table, cfg.dataset, cfg.features.physics, cfg.stage1.per_metre_axes,
+                           option="stage1.per_metre_axes").astype(np.float32)
+
+
 def extra_vectors_hash(cfg: Config) -> str | None:
     """Hash of the extra vectors' source, for the run's signature (None: no extra input)."""
     if cfg.vlm.enabled:
@@ -314,6 +323,8 @@ class SequenceDataset(Dataset):
     targets : (rows, n_targets) or None (test).
     extra : (rows, d) extra per-row vector or None.
     baseline : (rows, n_targets) forecast the net adds to its outputs (`stage1.baseline`) or None.
+    scale : (rows, n_targets) factor the net multiplies its heads' outputs by before adding the
+        baseline (`target_scale`) or None.
     next_rows : (rows,) position of each row's next row in its scene, -1 for none (`next_row_index`);
         given, items carry that row's telemetry as ``next_telemetry`` targets.
     flip : flip rules; applied with probability `flip_p` to a whole sequence.
@@ -326,10 +337,10 @@ class SequenceDataset(Dataset):
                  targets: np.ndarray | None = None, extra: np.ndarray | None = None,
                  baseline: np.ndarray | None = None, flip: FlipRules | None = None, flip_p: float = 0.0,
                  photometric: PhotometricAugment | None = None, seed: int = 0,
-                 next_rows: np.ndarray | None = None):
+                 next_rows: np.ndarray | None = None, scale: np.ndarray | None = None):
         self.sequences, self.images, self.telemetry = sequences, images, telemetry
         self.encoder, self.spec, self.frames = encoder, spec, frames
-        self.targets, self.extra, self.baseline = targets, extra, baseline
+        self.targets, self.extra, self.baseline, self.scale = targets, extra, baseline, scale
         self.next_rows = next_rows
         self.flip, self.flip_p, self.photometric = flip, flip_p, photometric
         self.rng = np.random.default_rng(seed)
@@ -357,6 +368,8 @@ class SequenceDataset(Dataset):
             sample["targets"] = self.targets[rows].astype(np.float32)
         if self.baseline is not None:
             sample["baseline"] = self.baseline[rows].astype(np.float32)
+        if self.scale is not None:  # a distance: the same for the mirrored sequence
+            sample["target_scale"] = self.scale[rows].astype(np.float32)
         if self.next_rows is not None:
             nxt = self.next_rows[rows]
             sample["next_telemetry"] = np.where((nxt >= 0)[:, None], self.telemetry[np.maximum(nxt, 0)], np.nan)
@@ -384,6 +397,8 @@ class SequenceDataset(Dataset):
         if "baseline" in sample:
             out["baseline"] = sample["baseline"]
             out["baseline_aux"] = aux_targets(sample["baseline"], self.spec).astype(np.float32)
+        if "target_scale" in sample:
+            out["target_scale"] = sample["target_scale"]
         if "targets" in sample:
             out["targets"] = sample["targets"]
             out["aux"] = aux_targets(sample["targets"], self.spec).astype(np.float32)
@@ -401,7 +416,8 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "rows": torch.full((b, t), -1, dtype=torch.long),
         "flipped": torch.tensor([bool(item["flipped"]) for item in batch]),
     }
-    for key in ("images", "telemetry", "extra", "baseline", "baseline_aux", "targets", "aux", "next_telemetry"):
+    for key in ("images", "telemetry", "extra", "baseline", "baseline_aux", "target_scale", "targets", "aux",
+                "next_telemetry"):
         if key not in batch[0]:
             continue
         first = batch[0][key]
@@ -426,6 +442,7 @@ class SplitArrays:
     extra: np.ndarray | None = None
     baseline: np.ndarray | None = None
     next_rows: np.ndarray | None = None  # `next_row_index`, for the next-row telemetry targets
+    scale: np.ndarray | None = None  # `target_scale`
 
 
 def sequence_dataset(cfg: Config, arrays: SplitArrays, encoder: TelemetryEncoder, frames: np.ndarray,
@@ -454,4 +471,4 @@ def sequence_dataset(cfg: Config, arrays: SplitArrays, encoder: TelemetryEncoder
     return SequenceDataset(seqs, arrays.images, arrays.telemetry, encoder, spec, frames,
                            targets=arrays.targets, extra=arrays.extra, baseline=arrays.baseline,
                            flip=flip, flip_p=flip_p, photometric=photometric, seed=seed,
-                           next_rows=arrays.next_rows)
+                           next_rows=arrays.next_rows, scale=arrays.scale)

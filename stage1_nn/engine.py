@@ -32,7 +32,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def _inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor | None]:
     non_blocking = device.type == "cuda"
-    keys = ("images", "telemetry", "mask", "extra", "baseline", "baseline_aux")
+    keys = ("images", "telemetry", "mask", "extra", "baseline", "baseline_aux", "target_scale")
     return {k: batch[k].to(device, non_blocking=non_blocking) if k in batch else None for k in keys}
 
 
@@ -50,8 +50,9 @@ def _loss_and_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     with autocast(env.device, amp_dtype):
         out = model(**inputs, **({"mix": mix} if mix is not None else {}))
+    target_scale = inputs["target_scale"][inputs["mask"]] if inputs["target_scale"] is not None else None
     loss, parts = stage1_loss(out, labels["targets"], labels["aux"], cfg.loss, core.main_scale, core.aux_scale,
-                              next_telemetry=labels["next_telemetry"], spec=spec)
+                              next_telemetry=labels["next_telemetry"], spec=spec, target_scale=target_scale)
     loss.backward()
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

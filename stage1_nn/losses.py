@@ -2,8 +2,9 @@
 optionally + a jerk penalty on the predicted path and SmoothL1 on the next row's telemetry.
 
 Outputs and targets arrive flat over real rows (padding already dropped by the mask), so only
-missing target values need masking. With per-target normalisation the errors are divided by
-the training-fold std of each target, so every target weighs alike.
+missing target values need masking. With `stage1.per_metre_axes` each row's errors are divided
+by its distances first (the heads learn those axes per metre); with per-target normalisation
+they are then divided by the training-fold std of each target, so every target weighs alike.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trajstack.config import ConfigError
 from trajstack.spec import DatasetSpec
 
 from .config import LossConfig
@@ -23,10 +25,19 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * valid).sum() / valid.sum().clamp_min(1.0)
 
 
+def axis_weights(weights: dict[str, float], spec: DatasetSpec) -> torch.Tensor:
+    """(n_targets,) weight of each main target: `weights[axis]` on that axis's targets, else 1."""
+    unknown = sorted(set(weights) - set(spec.axes))
+    if unknown:
+        raise ConfigError(f"stage1.loss.axis_weights names {unknown}, not in dataset.axes {spec.axes}")
+    return torch.tensor([weights.get(a, 1.0) for _ in range(spec.n_horizons) for a in spec.axes])
+
+
 def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.Tensor | None,
                 cfg: LossConfig, main_scale: torch.Tensor | None = None,
                 aux_scale: torch.Tensor | None = None, next_telemetry: torch.Tensor | None = None,
-                spec: DatasetSpec | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                spec: DatasetSpec | None = None, target_scale: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for logging.
 
     Parameters
@@ -36,12 +47,19 @@ def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.
     cfg : the `stage1.loss` section.
     main_scale, aux_scale : per-target divisors when `cfg.normalize_targets`.
     next_telemetry : flat next-row telemetry targets (NaN: left out), for `cfg.next_telemetry_weight`.
-    spec : dataset spec (horizons and axes), needed for `cfg.jerk_weight`.
+    spec : dataset spec (horizons and axes), needed for `cfg.jerk_weight` and `cfg.axis_weights`.
+    target_scale : flat (n, m) per-row divisors of the main errors (`stage1.per_metre_axes`) or None.
     """
     valid = torch.isfinite(targets)
     diff = out["main"] - torch.nan_to_num(targets)
+    if target_scale is not None:
+        diff = diff / target_scale
     if cfg.normalize_targets and main_scale is not None:
         diff = diff / main_scale
+    if cfg.axis_weights:
+        if spec is None:
+            raise ValueError("stage1.loss.axis_weights needs the dataset spec (axes)")
+        diff = diff * axis_weights(cfg.axis_weights, spec).to(diff.device)
     main = masked_mean(diff.abs(), valid)
     parts = {"loss_main": float(main.detach())}
     total = main

@@ -6,7 +6,7 @@ scene's length and order; rows of b with no row t in its partner keep lambda 1 (
 Everything label-bearing is mixed by the same per-row lambda as the inputs: targets, the aux
 targets (linear in the targets, so the mix of the aux targets is the aux of the mixed path),
 the physics baseline the heads learn the residual to (so mixed baseline + mixed residual =
-mixed target) and the next-row telemetry targets. In row mode T = 1 and this is plain mixup.
+mixed target), the per-metre divisor of the targets and the next-row telemetry targets. In row mode T = 1 and this is plain mixup.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from .config import MixupConfig
 
 INPUT_KEYS = ("images", "telemetry", "extra")
-LABEL_KEYS = ("baseline", "baseline_aux", "targets", "aux", "next_telemetry")
+LABEL_KEYS = ("baseline", "baseline_aux", "target_scale", "targets", "aux", "next_telemetry")
 
 
 @dataclass

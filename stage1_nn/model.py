@@ -255,11 +255,15 @@ class TrajectoryNet(nn.Module):
 
     def forward(self, images: torch.Tensor, telemetry: torch.Tensor, mask: torch.Tensor,
                 extra: torch.Tensor | None = None, baseline: torch.Tensor | None = None,
-                baseline_aux: torch.Tensor | None = None, mix: MixPlan | None = None) -> dict[str, torch.Tensor]:
+                baseline_aux: torch.Tensor | None = None, target_scale: torch.Tensor | None = None,
+                mix: MixPlan | None = None) -> dict[str, torch.Tensor]:
         """Padded batch (B, T, ...) + mask (B, T) -> flat outputs over real rows in mask order.
 
         `baseline` (B, T, n_targets) and `baseline_aux` (B, T, n_aux), when given, are added to
-        the heads' outputs: the heads then predict the residual to that baseline. `mix` (manifold
+        the heads' outputs: the heads then predict the residual to that baseline.
+        `target_scale` (B, T, n_targets), when given, multiplies the main head's output first:
+        the head then predicts the (residual) target divided by it (`stage1.per_metre_axes`),
+        and ``main`` stays in target units. `mix` (manifold
         mixup, training only) mixes the fused features before the LSTM; the caller mixes the
         labels and baselines by the same plan (`stage1_nn.mixup.mix_batch`).
 
@@ -289,6 +293,8 @@ class TrajectoryNet(nn.Module):
             out["aux"] = self.aux_head(hidden).float() * self.aux_scale + self.aux_shift
         if self.next_head is not None:
             out["next"] = self.next_head(hidden).float()
+        if target_scale is not None:
+            out["main"] = out["main"] * target_scale[mask].float()
         if baseline is not None:
             out["main"] = out["main"] + baseline[mask].float()
             if "aux" in out and baseline_aux is not None:

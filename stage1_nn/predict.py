@@ -23,6 +23,7 @@ from .data import (
     raw_telemetry,
     sequence_dataset,
     target_baseline,
+    target_scale,
 )
 from .distributed import DistEnv
 from .engine import predict_with_tta
@@ -54,7 +55,7 @@ def predict_checkpoint(path: str | Path, data_dir: str | Path | None = None, spl
     extra = extra_vectors(cfg, split, table[spec.id_column].to_numpy(str))
     table_ids = table[spec.id_column].to_numpy(str)
     arrays = SplitArrays(ids=table_ids, images=cache.images, telemetry=raw_telemetry(table, spec),
-                         extra=extra, baseline=target_baseline(cfg, table))
+                         extra=extra, baseline=target_baseline(cfg, table), scale=target_scale(cfg, table))
     encoder = TelemetryEncoder.from_state(payload["encoder"])
     flip, frames = FlipRules.from_spec(spec), frame_indices(spec, s1.frames)
 

@@ -62,6 +62,7 @@ from .data import (
     raw_telemetry,
     sequence_dataset,
     target_baseline,
+    target_scale,
 )
 from .distributed import (
     DistEnv,
@@ -103,6 +104,8 @@ class Stage1Data:
     test_extra: np.ndarray | None
     train_baseline: np.ndarray | None  # (rows, n_targets) with `stage1.baseline: physics`
     test_baseline: np.ndarray | None
+    train_scale: np.ndarray | None  # (rows, n_targets) with `stage1.per_metre_axes`
+    test_scale: np.ndarray | None
     train_next_rows: np.ndarray | None = None  # with `stage1.loss.next_telemetry_weight` > 0
 
     def arrays(self, split: str, id_column: str) -> SplitArrays:
@@ -115,7 +118,8 @@ class Stage1Data:
             targets=self.targets if train else None,
             extra=self.train_extra if train else self.test_extra,
             baseline=self.train_baseline if train else self.test_baseline,
-            next_rows=self.train_next_rows if train else None)
+            next_rows=self.train_next_rows if train else None,
+            scale=self.train_scale if train else self.test_scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +159,7 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     # The VLM section and the physics vehicle join the signature only when they are used.
     config = STAGE.run_config({k: v for k, v in cfg.to_dict().items()
                                if k not in ("vlm", "features") or (k == "vlm" and cfg.vlm.enabled)})
-    if cfg.stage1.baseline == "physics":
+    if cfg.stage1.baseline == "physics" or cfg.stage1.per_metre_axes:
         config["features"] = {"physics": cfg.features.physics.model_dump(mode="json")}
     inputs = {
         "train": file_hash(table_path(cfg.data_dir, cfg.dataset, "train")),
@@ -224,6 +228,7 @@ def load_data(cfg: Config, env: DistEnv) -> Stage1Data:
         targets=train[spec.target_columns].to_numpy(np.float32),
         train_extra=extra[0], test_extra=extra[1],
         train_baseline=target_baseline(cfg, train), test_baseline=target_baseline(cfg, test),
+        train_scale=target_scale(cfg, train), test_scale=target_scale(cfg, test),
         train_next_rows=(next_row_index(train[spec.id_column].to_numpy(str), spec)
                          if cfg.stage1.loss.next_telemetry_weight > 0 else None),
     )
@@ -417,7 +422,9 @@ def build_fold_model(inputs: FoldInputs) -> FoldModel:
         y = data.targets[inputs.train_rows]  # with a baseline the heads predict (and are scaled to) residuals
         if data.train_baseline is not None:
             y = y - data.train_baseline[inputs.train_rows]
-        a = aux_targets(y, spec)
+        a = aux_targets(y, spec)  # the aux head stays in metres
+        if data.train_scale is not None:  # `per_metre_axes`: the main head learns y / distance
+            y = y / data.train_scale[inputs.train_rows]
         if s1.model.output == "displacements":  # the head predicts steps: scale it to the steps
             y = displacements(y, spec)
         model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0) + 1e-6, np.nanmean(a, 0), np.nanstd(a, 0) + 1e-6)

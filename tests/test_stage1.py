@@ -24,11 +24,13 @@ from stage1_nn.data import (
     raw_telemetry,
     read_extra_vectors,
     target_baseline,
+    target_scale,
 )
 from stage1_nn.model import ModelDims, PretrainedWeightsError, build_model, input_planes_count
 from trajstack.config import ConfigError, load_config
 from trajstack.errors import TrajstackError
 from trajstack.image_cache import build_or_open_cache
+from trajstack.physics import per_metre_scale
 from trajstack.tables import read_table
 
 TINY = ["stage1.model.backbone=test_convnext", "stage1.progress=false"]
@@ -355,6 +357,51 @@ def test_physics_baseline_flips_like_the_targets_and_the_net_adds_it_back(tiny):
     np.testing.assert_allclose(out["aux"].numpy(), aux_targets(baseline[real_rows], spec), atol=1e-4)
 
 
+def test_per_metre_axes_heads_learn_per_metre_and_the_net_predicts_metres(tiny):
+    # `stage1.per_metre_axes: [z]`: the main head's output is multiplied by the distance to each
+    # horizon on z (1 on x and y) before the baseline is added, and the loss divides each error
+    # by the same distance, so the head learns z per metre while predictions stay in metres.
+    from stage1_nn.config import LossConfig
+    from stage1_nn.losses import stage1_loss
+
+    cfg, table, cache = tiny
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(
+        update={"baseline": "physics", "per_metre_axes": ["z"]})})
+    spec = cfg.dataset
+    scale, baseline = target_scale(cfg, table), target_baseline(cfg, table)
+    np.testing.assert_allclose(scale, per_metre_scale(table, spec, cfg.features.physics, ["z"]))
+    z = [spec.target_columns.index(f"z_{k}") for k in range(len(spec.horizons_s))]
+    others = [j for j in range(len(spec.target_columns)) if j not in z]
+    assert (scale[:, others] == 1).all() and scale[:, z].max() > 5  # metres driven, not a no-op
+    ds = make_dataset(cfg, table, cache, baseline=baseline, scale=scale)
+    rows = ds.sequences[0]
+    np.testing.assert_array_equal(ds.load(0, flipped=True)["target_scale"], scale[rows])  # a distance: unflipped
+
+    batch = collate([ds[i] for i in range(len(ds))])
+    dims = ModelDims(n_frames=len(spec.frames), channels=3, n_telemetry=ds.encoder.n_features,
+                     n_extra=0, n_targets=18, n_aux=27, aux_head=True)
+    model = build_model(cfg.stage1.model, dims).eval()
+    torch.nn.init.zeros_(model.main_head.weight)
+    torch.nn.init.constant_(model.main_head.bias, 0.25)  # a head saying 0.25 (per metre on z)
+    keys = ("images", "telemetry", "mask", "baseline", "baseline_aux", "target_scale")
+    with torch.no_grad():
+        out = model(**{k: batch[k] for k in keys})
+    real_rows = batch["rows"][batch["mask"]].numpy()
+    np.testing.assert_allclose(out["main"].numpy(), baseline[real_rows] + 0.25 * scale[real_rows], rtol=1e-5)
+
+    # The loss of a prediction off by 0.5 m per metre travelled is that of 0.5 m without scaling.
+    targets = torch.zeros(len(real_rows), 18)
+    per_metre = torch.as_tensor(scale[real_rows])
+    off = {"main": 0.5 * per_metre}
+    scaled, _ = stage1_loss(off, targets, None, LossConfig(aux=False), target_scale=per_metre)
+    plain, _ = stage1_loss({"main": torch.full((len(real_rows), 18), 0.5)}, targets, None, LossConfig(aux=False))
+    assert scaled.item() == pytest.approx(plain.item())
+
+    wrong = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"per_metre_axes": ["w"]})})
+    with pytest.raises(ConfigError, match=r"stage1\.per_metre_axes names \['w'\]"):
+        target_scale(wrong, table)
+
+
 def test_loss_leaves_out_missing_labels():
     # Rows without labels (NaN) add nothing to the loss or its gradient: the loss over a batch
     # with them equals the loss over the labelled rows alone.
@@ -373,6 +420,23 @@ def test_loss_leaves_out_missing_labels():
     assert torch.isfinite(loss) and loss.item() == pytest.approx(labelled.item())
     loss.backward()
     assert torch.all(pred.grad[2:] == 0) and torch.any(pred.grad[:2] != 0)
+
+
+def test_axis_weights_weigh_only_the_named_axis_and_refuse_unknown_axes():
+    # `stage1.loss.axis_weights: {z: 3}`: an error on z counts three times, one on x or y once.
+    from stage1_nn.config import LossConfig
+    from stage1_nn.losses import stage1_loss
+
+    spec = load_config("demo").dataset
+    cfg = LossConfig(aux=False, axis_weights={"z": 3.0})
+    targets = torch.zeros(2, 18)
+    for axis, weight in (("x", 1.0), ("y", 1.0), ("z", 3.0)):
+        off = torch.zeros(2, 18)
+        off[:, spec.target_columns.index(f"{axis}_2")] = 1.0
+        loss, _ = stage1_loss({"main": off}, targets, None, cfg, spec=spec)
+        assert loss.item() == pytest.approx(weight / 18)
+    with pytest.raises(ConfigError, match=r"stage1\.loss\.axis_weights names \['w'\]"):
+        stage1_loss({"main": targets}, targets, None, LossConfig(aux=False, axis_weights={"w": 2.0}), spec=spec)
 
 
 @pytest.mark.parametrize("backbone", ["test_convnext", "resnet10t"])

@@ -276,7 +276,8 @@ class _Recorder(nn.Module):
         self.register_buffer("aux_scale", torch.ones(27))
         self.seen: list[dict] = []
 
-    def forward(self, images, telemetry, mask, extra=None, baseline=None, baseline_aux=None, mix=None):
+    def forward(self, images, telemetry, mask, extra=None, baseline=None, baseline_aux=None, target_scale=None,
+                mix=None):
         self.seen.append({"telemetry": telemetry.clone(), "baseline": baseline.clone(), "mix": mix})
         return {"main": self.head(telemetry[mask]) + baseline[mask]}
 

@@ -34,6 +34,7 @@ from trajstack.artifacts import (
 )
 from trajstack.config import load_config
 from trajstack.folds import assign_folds, load_folds
+from trajstack.physics import per_metre_scale, physics_baseline
 from trajstack.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -244,6 +245,36 @@ def test_physics_baseline_run_reloads_and_records_its_vehicle(trained):
     other_vehicle = load_config("demo", [*overrides, "features.physics.wheelbase_m=3.1"])
     with pytest.raises(ArtifactError, match="another config"):
         train_module.run_stage1(other_vehicle)
+
+
+def test_per_metre_axes_run_scales_targets_predicts_metres_and_is_in_the_signature(trained):
+    """`stage1.per_metre_axes=[z]`: the heads are normalised to the fold's per-metre residuals, the
+    OOF / test predictions are in metres (the checkpoint, flip TTA included, predicts the same),
+    and the option is part of the run's signature."""
+    root, data = trained["root"], trained["data"]
+    overrides = [*_overrides(data.root, root / "out", "tiny_per_metre"), "stage1.folds=[0]",
+                 "stage1.baseline=physics", "stage1.tta_flip=true", "stage1.per_metre_axes=[z]"]
+    cfg = load_config("demo", overrides)
+    run = train_module.run_stage1(cfg)
+    spec = cfg.dataset
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["stage1"]["per_metre_axes"] == ["z"]
+    # The z heads' standardisation: mean / std of (target - baseline) / distance on fold 0's training rows.
+    table = read_table(cfg.data_dir, spec, "train")
+    trained_on = table[spec.id_column].isin(np.load(run.dir / "fold0" / TRAIN_IDS_FILE)).to_numpy()
+    per_metre = ((table[spec.target_columns].to_numpy() - physics_baseline(table, spec, cfg.features.physics))
+                 / per_metre_scale(table, spec, cfg.features.physics, ["z"]))[trained_on]
+    state = torch.load(run.dir / "fold0" / CHECKPOINT_FILE, weights_only=True)["state_dict"]
+    np.testing.assert_allclose(state["main_shift"].numpy(), np.nanmean(per_metre, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state["main_scale"].numpy(), np.nanstd(per_metre, 0) + 1e-6, rtol=1e-4)
+    oof = pd.read_parquet(run.dir / OOF_FILE)
+    frame, _ = predict_checkpoint(run.dir / "fold0" / CHECKPOINT_FILE, split="train", ids=oof["ID"].tolist())
+    np.testing.assert_allclose(frame.drop(columns="ID").to_numpy(), oof.drop(columns=["ID", "fold"]).to_numpy(),
+                               atol=1e-5)
+    test_frame, _ = predict_checkpoint(run.dir / "fold0" / CHECKPOINT_FILE, split="test")
+    np.testing.assert_allclose(test_frame.drop(columns="ID").to_numpy(),
+                               pd.read_parquet(run.dir / "fold0" / TEST_FILE).drop(columns="ID").to_numpy(), atol=1e-5)
+    with pytest.raises(ArtifactError, match="another config"):
+        train_module.run_stage1(load_config("demo", [*overrides[:-1], "stage1.per_metre_axes=[]"]))
 
 
 def test_rows_without_labels_leave_loss_and_score_and_still_get_oof(tmp_path):

@@ -126,7 +126,7 @@ def physics_baseline(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig)
 
 
 def per_metre_scale(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig, axes: list[str],
-                    floor_m: float = 1.0) -> np.ndarray:
+                    floor_m: float = 1.0, option: str = "stage2.per_metre_axes") -> np.ndarray:
     """(n, n_targets) divisor that turns a target into a change per metre travelled.
 
     On the targets of `axes`: the constant-acceleration distance to the target's horizon
@@ -140,10 +140,11 @@ def per_metre_scale(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig, 
     cfg : `features.physics` (column names).
     axes : axes to scale (each one of `spec.axes`, else a ConfigError).
     floor_m : smallest divisor, metres.
+    option : the config option that named `axes`, for the error message.
     """
     unknown = [a for a in axes if a not in spec.axes]
     if unknown:
-        raise ConfigError(f"stage2.per_metre_axes names {unknown}, not in dataset.axes {spec.axes}: "
+        raise ConfigError(f"{option} names {unknown}, not in dataset.axes {spec.axes}: "
                           "name axes of the dataset (the demo: [z])")
     scale = np.ones((len(table), len(spec.target_columns)))
     if not axes:
