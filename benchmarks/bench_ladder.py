@@ -309,7 +309,8 @@ def run(config: str, data: str, exp: str, learner: str = "lightgbm",
 
 
 def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.0f}%"
+    # One decimal: a goal such as 50% must not be met by rounding (49.8% is not 50%).
+    return "—" if value is None else f"{100 * value:.1f}%"
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -123,7 +123,7 @@ def test_ladder_scores_every_row_and_the_share_per_axis(data, tmp_path):
     assert result["floor"] == {"mae": 0.05, "x": 0.08, "y": 0.05, "z": 0.02}
     assert result["n_train"] == 27 and result["n_test"] == 6
     table = to_markdown(result)
-    assert "| **share captured** | **33%** | **50%** | **50%** | **0%** | **80%** | **100%** | **0%** | **—** |" in table
+    assert "| **share captured** | **33.3%** | **50.0%** | **50.0%** | **0.0%** | **80.0%** | **100.0%** | **0.0%** | **—** |" in table
     assert "| oracle floor" in table and result["fold_hash"] in table
 
 
