@@ -50,12 +50,14 @@ class ProcessTreeMonitor:
 
     def _sample(self) -> None:
         stats = self._stats()
+        children: dict[int, list[int]] = {}  # one pass over /proc, not one per process of the tree
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
         tree, frontier = {os.getpid()}, [os.getpid()]
         while frontier:
-            parent = frontier.pop()
-            children = [pid for pid, (ppid, _, _) in stats.items() if ppid == parent and pid not in tree]
-            tree.update(children)
-            frontier.extend(children)
+            found = [pid for pid in children.get(frontier.pop(), []) if pid not in tree]
+            tree.update(found)
+            frontier.extend(found)
         self.peak_rss = max(self.peak_rss, sum(stats[pid][2] for pid in tree if pid in stats))
         for pid in tree:
             if pid in stats:
