@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trajstack.config import ConfigError
+from trajstack.config import check_axes
 from trajstack.spec import DatasetSpec
 
 from .config import LossConfig
@@ -27,10 +27,8 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def axis_weights(weights: dict[str, float], spec: DatasetSpec) -> torch.Tensor:
     """(n_targets,) weight of each main target: `weights[axis]` on that axis's targets, else 1."""
-    unknown = sorted(set(weights) - set(spec.axes))
-    if unknown:
-        raise ConfigError(f"stage1.loss.axis_weights names {unknown}, not in dataset.axes {spec.axes}")
-    return torch.tensor([weights.get(a, 1.0) for _ in range(spec.n_horizons) for a in spec.axes])
+    check_axes(weights, spec, "stage1.loss.axis_weights")
+    return torch.tensor([weights.get(a, 1.0) for a in spec.target_axes])
 
 
 def stage1_loss(out: dict[str, torch.Tensor], targets: torch.Tensor, aux: torch.Tensor | None,

@@ -15,7 +15,7 @@ import yaml
 
 from stage2_gbdt.learners import LEARNERS
 from trajstack.artifacts import Stage
-from trajstack.config import CONFIG_DIR, Config, ConfigError, deep_merge
+from trajstack.config import CONFIG_DIR, Config, ConfigError, check_axes, deep_merge
 
 PARAMS_DIR = CONFIG_DIR / "stage2"
 # The stage, with the config sections that can change its result (stage 1 reaches it through
@@ -55,17 +55,14 @@ def target_params(cfg: Config, key: str, targets: list[str]) -> list[dict[str, A
         raise ConfigError(f"stage2.axis_params names unknown learners {unknown}; valid: "
                           f"{', '.join(LEARNERS.keys())}")
     for learner, per_axis in axis_params.items():
-        bad = [a for a in per_axis if a not in spec.axes]
-        if bad:
-            raise ConfigError(f"stage2.axis_params.{learner} names axes {bad}, not in dataset.axes "
-                              f"{spec.axes}")
+        check_axes(per_axis, spec, f"stage2.axis_params.{learner}")
     per_axis = axis_params.get(key, {})
     if not any(per_axis.values()):
         return None
     if LEARNERS.get(key).multi_output:
         raise ConfigError(f"stage2.axis_params.{key}: {key} fits every target in one model, so its "
                           "params cannot differ by axis; use a learner with one model per target")
-    axis_of = {spec.target_name(a, k): a for k in range(spec.n_horizons) for a in spec.axes}
+    axis_of = dict(zip(spec.target_columns, spec.target_axes, strict=True))
     return [dict(per_axis.get(axis_of[t], {})) for t in targets]
 
 

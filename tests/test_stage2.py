@@ -548,7 +548,8 @@ def test_stage2_axis_params_override_one_axis_of_one_learner(tiny, tmp_path, mon
     rates = {(next(t for t in values if call["labels"] <= values[t]), call["lr"])
              for call in EvalRecorder.calls}
     assert rates == {("z_1", 0.01), ("x_1", 0.2)}
-    for bad, message in (("{lightgbm: {w: {learning_rate: 0.1}}}", r"axes \['w'\]"),
+    for bad, message in (("{lightgbm: {w: {learning_rate: 0.1}}}",
+                          r"stage2\.axis_params\.lightgbm names \['w'\], not in dataset\.axes"),
                          ("{nope: {z: {learning_rate: 0.1}}}", r"unknown learners \['nope'\]"),
                          ("{catboost_multi: {z: {depth: 3}}}", "fits every target in one model")):
         cfg = load_config("demo", [f"data_dir={tiny.root}", f"stage2.axis_params={bad}"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 class ConfigError(TrajstackError, ValueError):
     """A config file or override that cannot be used; the message says what to change."""
+
+
+def check_axes(axes: Iterable[str], spec: DatasetSpec, option: str) -> None:
+    """A ConfigError naming `option` when `axes` holds a name that is not one of `spec.axes`."""
+    unknown = [a for a in axes if a not in spec.axes]
+    if unknown:
+        raise ConfigError(f"{option} names {unknown}, not in dataset.axes {spec.axes}: "
+                          "name axes of the dataset")
 
 
 class FoldsConfig(StrictModel):

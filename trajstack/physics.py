@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import PhysicsConfig
-from trajstack.config import ConfigError
+from trajstack.config import check_axes
 from trajstack.spec import DatasetSpec
 
 # Fallback order when the chosen baseline is NaN (e.g. no steering column): simpler models.
@@ -142,10 +142,7 @@ def per_metre_scale(table: pd.DataFrame, spec: DatasetSpec, cfg: PhysicsConfig, 
     floor_m : smallest divisor, metres.
     option : the config option that named `axes`, for the error message.
     """
-    unknown = [a for a in axes if a not in spec.axes]
-    if unknown:
-        raise ConfigError(f"{option} names {unknown}, not in dataset.axes {spec.axes}: "
-                          "name axes of the dataset (the demo: [z])")
+    check_axes(axes, spec, option)
     scale = np.ones((len(table), len(spec.target_columns)))
     if not axes:
         return scale

@@ -123,10 +123,15 @@ class DatasetSpec(StrictModel):
         return [*self.test_columns, *self.target_columns]
 
     @property
+    def target_axes(self) -> list[str]:
+        """The axis of each target column, in file order (x, y, z, x, ...)."""
+        return [a for _ in range(self.n_horizons) for a in self.axes]
+
+    @property
     def flip_target_sign(self) -> list[float]:
         """Per target column: -1 where the flip negates it, else +1."""
         neg = set(self.flip.negate_axes)
-        return [-1.0 if a in neg else 1.0 for _ in range(self.n_horizons) for a in self.axes]
+        return [-1.0 if a in neg else 1.0 for a in self.target_axes]
 
     def parse_id(self, row_id: str) -> tuple[str, int] | None:
         """(scene, time) of an ID, or None when it does not match the pattern."""
