@@ -52,7 +52,7 @@ def test_toolbox_bench_rows_table_and_resume(tmp_path, monkeypatch):
     row = next(line for line in table if line.startswith("| pixel statistics of each row"))
     delta = result["rows"][1]["fold0_mae"] - result["rows"][0]["fold0_mae"]
     assert "`stage1.model.pixel_norm=sequence`" in row and f"| {delta:+.4f} |" in row
-    assert f"| {100 * result['rows'][1]['share']['mae']:.0f}% |" in row
+    assert f"| {100 * result['rows'][1]['share']['mae']:.1f}% |" in row
     assert "stage 1 alone on fold 0" in result["markdown"]
     assert any("| not run |" in line for line in table if line.startswith("| SAM"))
     saved = json.loads((tmp_path / "out" / "tiny-toolbox" / "bench_toolbox.json").read_text())
