@@ -21,6 +21,7 @@ then fits one model per fold instead of one per (target, fold).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,37 +87,73 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
         return np.asarray(self.model_.predict(X), dtype=float)
 
 
-# LightGBM training data already binned in this process, newest last (see `binned_datasets`).
+# Training data already binned in this process, newest last (see `binned_datasets`).
 _BINNED: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 # Enough for a fold's early-stopping rows and its refit rows, under two parameter sets.
 BINNED_CACHE_SIZE = 4
 
+# A library's binning: (X, X_valid or None, params, categorical) -> (train data, valid data or None).
+Binner = Callable[[np.ndarray, "np.ndarray | None", dict[str, Any], Any], tuple[Any, Any]]
 
-def binned_datasets(X: np.ndarray, X_valid: np.ndarray | None, params: dict[str, Any],
-                    categorical: list[int] | str) -> tuple[Any, Any]:
-    """Constructed (binned) LightGBM Datasets of `X` and the validation rows `X_valid` (binned
-    with X's bins; None: no validation set), reused while this process has them.
 
-    Binning is most of a small fit's fixed cost (35,000 x 473 floats: ~2.5 CPU-s), and every
-    target of a fold trains on the same rows: the caller sets each fit's labels
-    (`Dataset.set_label`). The key is the arrays' contents with every param and the categorical
-    columns, so a dataset is only ever handed back for the very rows and bins it was made from.
+def binned_datasets(binner: Binner, X: np.ndarray, X_valid: np.ndarray | None,
+                    params: dict[str, Any], categorical: Any) -> tuple[Any, Any]:
+    """The library's binned (quantised) training data of `X` and the validation rows `X_valid`
+    (binned with X's bins; None: no validation set), made by `binner` and reused while this
+    process has them.
+
+    Binning is most of a small fit's fixed cost (LightGBM, 35,000 x 473 floats: ~2.5 CPU-s),
+    and every target of a fold trains on the same rows: the caller sets each fit's labels
+    (LightGBM's `Dataset.set_label`, XGBoost's `DMatrix.set_label`). The key is the binner,
+    the arrays' contents, every param and the categorical columns, so data is only ever handed
+    back to the library that made it, for the very rows and bins it was made from.
+
+    Parameters
+    ----------
+    binner : the library's builder (`lightgbm_datasets`, `xgboost_matrices`).
+    X, X_valid : training rows; validation rows or None.
+    params : the library params of the fit, less the number of rounds (a refit's rounds must
+        not make its rows look new).
+    categorical : the categorical columns as the binner takes them.
     """
-    import lightgbm as lgb
-
-    key = data_hash([array_hash(X, X_valid), params, categorical])
+    key = data_hash([f"{binner.__module__}.{binner.__qualname__}", array_hash(X, X_valid),
+                     params, categorical])
     if key in _BINNED:
         _BINNED.move_to_end(key)
         return _BINNED[key]
+    _BINNED[key] = binned = binner(X, X_valid, params, categorical)
+    while len(_BINNED) > BINNED_CACHE_SIZE:
+        _BINNED.popitem(last=False)
+    return binned
+
+
+def lightgbm_datasets(X: np.ndarray, X_valid: np.ndarray | None, params: dict[str, Any],
+                      categorical: list[int] | str) -> tuple[Any, Any]:
+    """Constructed (binned) LightGBM Datasets of X and X_valid (with X's bins), labels unset."""
+    import lightgbm as lgb
+
     # Labels are placeholders (each fit sets its own); LightGBM bins without them.
     train = lgb.Dataset(X, label=np.zeros(len(X)), params=params,
                         categorical_feature=categorical).construct()
     valid = None if X_valid is None else lgb.Dataset(
         X_valid, label=np.zeros(len(X_valid)), reference=train, params=params,
         categorical_feature=categorical).construct()
-    _BINNED[key] = (train, valid)
-    while len(_BINNED) > BINNED_CACHE_SIZE:
-        _BINNED.popitem(last=False)
+    return train, valid
+
+
+def xgboost_matrices(X: np.ndarray, X_valid: np.ndarray | None, params: dict[str, Any],
+                     categorical: list[int]) -> tuple[Any, Any]:
+    """XGBoost QuantileDMatrix of X and of X_valid (quantised with X's cuts: `ref=`), labels
+    unset; built as `XGBRegressor.fit` builds them (same max_bin, threads, missing, feature
+    types), so the trees are the same."""
+    import xgboost as xgb
+
+    cats = set(categorical)
+    kwargs = {"max_bin": params.get("max_bin"), "nthread": params.get("n_jobs"),
+              "enable_categorical": bool(cats),
+              "feature_types": ["c" if j in cats else "q" for j in range(X.shape[1])] if cats else None}
+    train = xgb.QuantileDMatrix(X, **kwargs)
+    valid = None if X_valid is None else xgb.QuantileDMatrix(X_valid, ref=train, **kwargs)
     return train, valid
 
 
@@ -143,7 +180,7 @@ class LightGBMRegressor(GBDTRegressor):
         if rounds and len(eval_set) != 1:
             raise ValueError(f"LightGBMRegressor early-stops on one validation set, got {len(eval_set)}")
         X_valid, y_valid = eval_set[0] if rounds else (None, None)
-        train_set, valid_set = binned_datasets(X, X_valid, params,
+        train_set, valid_set = binned_datasets(lightgbm_datasets, X, X_valid, params,
                                                list(self.categorical_features) or "auto")
         train_set.set_label(y)
         if valid_set is not None:
@@ -164,7 +201,13 @@ class LightGBMRegressor(GBDTRegressor):
 
 @LEARNERS.register("xgboost")
 class XGBoostRegressor(GBDTRegressor):
-    """XGBoost; default objective `reg:absoluteerror`, early stopping on `mae`."""
+    """XGBoost; default objective `reg:absoluteerror`, early stopping on `mae`.
+
+    Trains with `xgboost.train` on QuantileDMatrix quantised once per process for the same
+    rows and params (`binned_datasets`): the targets of a fold share their quantisation.
+    Predictions equal `xgboost.XGBRegressor`'s with the same params (it builds the same
+    matrices and calls the same `train`), predicting with the trees up to the best round.
+    """
 
     gpu_params: ClassVar[dict[str, Any]] = {"device": "cuda"}
 
@@ -172,21 +215,32 @@ class XGBoostRegressor(GBDTRegressor):
         import xgboost as xgb
 
         rounds = self._stopping(eval_set)
+        if rounds and len(eval_set) != 1:
+            raise ValueError(f"XGBoostRegressor early-stops on one validation set, got {len(eval_set)}")
         params = {"objective": "reg:absoluteerror", "eval_metric": "mae", "tree_method": "hist",
                   **self.library_params(), "random_state": self.random_state,
-                  "n_jobs": self.n_threads, "early_stopping_rounds": rounds or None}
-        cats = set(self.categorical_features)
-        if cats:
-            params |= {"enable_categorical": True,
-                       "feature_types": ["c" if j in cats else "q" for j in range(X.shape[1])]}
-        self.model_ = xgb.XGBRegressor(**params)
-        self.model_.fit(X, y, eval_set=eval_set if rounds else None, verbose=False)
-        booster = self.model_.get_booster()
-        self.best_iteration_ = int(self.model_.best_iteration + 1 if rounds
+                  "n_jobs": self.n_threads}
+        n_rounds = params.pop("n_estimators", 100)  # XGBRegressor's default
+        X_valid, y_valid = eval_set[0] if rounds else (None, None)
+        train_set, valid_set = binned_datasets(xgboost_matrices, X, X_valid, params,
+                                               sorted(self.categorical_features))
+        train_set.set_label(y)
+        if valid_set is not None:
+            valid_set.set_label(y_valid)
+        evals = [(valid_set, "valid")] if valid_set is not None else []
+        booster = xgb.train(params, train_set, num_boost_round=n_rounds, evals=evals,
+                            early_stopping_rounds=rounds or None, verbose_eval=False)
+        self.model_ = booster
+        self.best_iteration_ = int(booster.best_iteration + 1 if rounds
                                    else booster.num_boosted_rounds())
         gain = booster.get_score(importance_type="total_gain")
         self.feature_importances_ = np.array([gain.get(f"f{j}", 0.0) for j in range(X.shape[1])])
         return self
+
+    def predict(self, X):
+        # Early stopping keeps training `rounds` past the best round: predict with the best.
+        return np.asarray(self.model_.inplace_predict(X, iteration_range=(0, self.best_iteration_)),
+                          dtype=float)
 
 
 @LEARNERS.register("catboost")
