@@ -23,8 +23,9 @@ XGB_PARAMS = {**SMALL["xgboost"], "n_estimators": 60, "subsample": 0.7, "colsamp
               "max_bin": 31, "objective": "reg:pseudohubererror", "huber_slope": 0.5}
 
 
-# Per library: its stage-2 params here, and the class whose objects are its binned data.
-LIBRARIES = {"lightgbm": (PARAMS, lgb.Dataset), "xgboost": (XGB_PARAMS, xgb.QuantileDMatrix)}
+# Per library: its stage-2 params here, and the classes of its training and validation data
+# (XGBoost: a QuantileDMatrix and a plain DMatrix, whose __init__ the quantised one does not call).
+LIBRARIES = {"lightgbm": (PARAMS, (lgb.Dataset,)), "xgboost": (XGB_PARAMS, (xgb.QuantileDMatrix, xgb.DMatrix))}
 
 
 @pytest.fixture(autouse=True)
@@ -33,16 +34,15 @@ def empty_cache(monkeypatch):
     monkeypatch.setattr(learners, "_BINNED", type(learners._BINNED)())
 
 
-def counted(monkeypatch, cls):
-    """The list of `cls` objects created from here on."""
+def counted(monkeypatch, classes):
+    """The list of objects of `classes` created from here on."""
     made = []
-    init = cls.__init__
+    for cls in classes:
+        def counting(self, *args, _init=cls.__init__, **kwargs):
+            made.append(self)
+            _init(self, *args, **kwargs)
 
-    def counting(self, *args, **kwargs):
-        made.append(self)
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, "__init__", counting)
+        monkeypatch.setattr(cls, "__init__", counting)
     return made
 
 
@@ -111,7 +111,7 @@ def test_targets_on_the_same_rows_share_one_binning_and_predict_as_the_library_d
 def test_xgboost_refits_at_a_fixed_round_count_as_its_regressor_does(monkeypatch):
     # The refit after early stopping: no validation rows, every round kept; its rounds are not
     # part of the key (each target stops at its own round on the same rows).
-    made = counted(monkeypatch, xgb.QuantileDMatrix)
+    made = counted(monkeypatch, LIBRARIES["xgboost"][1])
     X, Y, cats = matrices()
     models = [create_learner("xgboost", params=XGB_PARAMS, categorical_features=cats,
                              random_state=3).with_rounds(rounds).fit(X[:360], y[:360])
