@@ -192,7 +192,7 @@ def cross_validate(
                          f"with one model per target; got {len(target_params)} for {learner_key}")
     task_targets = [ALL_TARGETS] if multi_output else range(Y.shape[1])
     # Fold by fold: a worker's consecutive fits then share their training rows, which LightGBM
-    # bins once per worker and reuses (learners.binned_datasets).
+    # and XGBoost bin once per worker and reuse (learners.binned_datasets).
     all_tasks = [(t, f) for f in fold_ids for t in task_targets]
     done = [r for r in (resume.load(t, f) for t, f in all_tasks) if r is not None] if resume else []
     finished = {(r["target"], r["fold"]) for r in done}

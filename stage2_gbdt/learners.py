@@ -3,9 +3,9 @@ trees from scikit-learn) behind one scikit-learn estimator contract.
 
 Each is registered by string key (`create_learner("xgboost", params=...)`); an unknown key
 fails listing the valid ones. Constructor arguments are stored untouched (scikit-learn's
-contract); `params` are passed to the library's own regressor (LightGBM: to `lightgbm.train`,
-which takes LGBMRegressor's names as aliases), so any library option (GPU flags included) goes
-through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
+contract); `params` are passed to the library's own regressor (LightGBM and XGBoost: to
+`lightgbm.train` / `xgboost.train`, which take their regressors' names), so any library option
+(GPU flags included) goes through. `fit(X, y, eval_set=[(X_valid, y_valid)])` early-stops on MAE over the
 validation rows (stage 2 passes an inner holdout of the training scenes, never the scored fold);
 `feature_importances_` is the total gain per feature. `with_rounds(n)` is the same learner fixed
 at n rounds (the refit after early stopping).
