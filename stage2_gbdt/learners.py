@@ -211,8 +211,9 @@ class XGBoostRegressor(GBDTRegressor):
 
     Trains with `xgboost.train` on a QuantileDMatrix quantised once per process for the same
     rows and params (`binned_datasets`, `xgboost_matrices`): the targets of a fold share it.
-    Predictions equal `xgboost.XGBRegressor`'s with the same params (it builds the same
-    matrices and calls the same `train`), predicting with the trees up to the best round.
+    Predictions, best round and gain equal `xgboost.XGBRegressor`'s with the same params (the
+    same training matrix and `train`; the early-stopping rows see `xgboost_matrices`), predicting
+    with the trees up to the best round as it does.
     """
 
     gpu_params: ClassVar[dict[str, Any]] = {"device": "cuda"}
