@@ -195,14 +195,17 @@ def test_ladder_refuses_a_telemetry_reference_with_image_statistics(data, tmp_pa
 
 
 def test_stack_without_stage1_runs_no_stage1_command(tmp_path):
-    # configs/cpu_full.yaml turns stage 1 off: `trajstack stage1` would still train the network
-    # (~2 h of CPU at full scale), so the ladder must not run it.
-    cfg = load_config("configs/cpu_full.yaml")
+    # With `features.stage1` off, `trajstack stage1` would still train the network (~42 min of
+    # CPU at full scale) for nothing, so the ladder must not run it.
+    cfg = load_config("configs/cpu_full.yaml", ["features.stage1=false"])
     assert not cfg.features.stage1.enabled
-    commands = ladder_commands("configs/cpu_full.yaml", "data/full", "full", "lightgbm", [],
-                               tmp_path / "camera_state.csv", cfg.features.builders,
-                               cfg.features.stage1.enabled)
+    commands = ladder_commands("configs/cpu_full.yaml", "data/full", "full", "lightgbm",
+                               ["features.stage1=false"], tmp_path / "camera_state.csv",
+                               cfg.features.builders, cfg.features.stage1.enabled)
     assert list(commands) == ["stack stage2", "stack blend", "telemetry stage2", "perception stage2"]
+    with_stage1 = ladder_commands("configs/cpu_full.yaml", "data/full", "full", "lightgbm", [],
+                                  tmp_path / "camera_state.csv", cfg.features.builders, True)
+    assert list(with_stage1)[0] == "stack stage1"
     assert not any(a == "stage1" for command in commands.values() for a in command)
     assert commands["telemetry stage2"][commands["telemetry stage2"].index("--exp") + 1] == \
         "full-ladder-telemetry"
