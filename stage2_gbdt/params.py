@@ -83,6 +83,9 @@ def run_config(cfg: Config, key: str, params: dict[str, Any],
     own_axes = resolved["stage2"].pop("axis_params", {}).get(key)
     if own_axes:
         resolved["stage2"]["axis_params"] = {key: own_axes}
+    # Which learners also run without stage 1 is not this run's business: those runs differ in
+    # their features (and folder), so adding one must not make every finished run look stale.
+    resolved["stage2"].pop("without_stage1", None)
     # Only this run's variant (if any): adding or editing another variant leaves it alone.
     variants = resolved["stage2"].pop("variants", {})
     if variant is not None:

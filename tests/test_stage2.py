@@ -526,6 +526,17 @@ def test_target_params_reach_only_their_targets_fits(monkeypatch):
                        target_names=["t0", "t1"], target_params=[{}])
 
 
+def test_run_config_ignores_other_runs_without_stage1(tiny, tmp_path):
+    # Adding a learner to stage2.without_stage1 starts one more run; the finished ones keep
+    # their signature (their config) and are not refitted.
+    base = [f"data_dir={tiny.root}", f"output_dir={tmp_path}", *FAST]
+    before = load_config("demo", [*base, "stage2.without_stage1=[lightgbm]"])
+    after = load_config("demo", [*base, "stage2.without_stage1=[lightgbm, xgboost]"])
+    for key in ("lightgbm", "xgboost"):
+        assert run_config(before, key, {}) == run_config(after, key, {})
+    assert "without_stage1" not in run_config(after, "lightgbm", {})["stage2"]
+
+
 def test_stage2_axis_params_override_one_axis_of_one_learner(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(LEARNERS._entries, "param_recorder", ParamRecorder)
     monkeypatch.setattr(EvalRecorder, "calls", [])
