@@ -106,3 +106,16 @@ def test_a_failed_automl_worker_names_the_target_and_the_interpreter(tmp_path):
     cfg = _tiny_cfg(tmp_path)
     with pytest.raises(RuntimeError, match=r"target x_1.*" + re.escape(sys.executable)):
         bench_automl.run_automl(cfg, 1.0, "best_quality", 1, targets=["x_1"], python=sys.executable)
+
+
+def test_automl_time_counts_every_stage2_input_of_the_blend():
+    # The blend's cost is all of its stage-2 inputs, those on fewer columns included; a run it
+    # does not weigh is no part of it.
+    ours = [{"model": "blend/lp", "stage": "blend", "cpu_s": None, "blend_input": False},
+            {"model": "stage2/lightgbm", "stage": "stage2", "cpu_s": 100.0, "blend_input": True},
+            {"model": "stage2/lightgbm-without-x (fewer columns, a blend input)", "stage": "stage2",
+             "cpu_s": 50.0, "blend_input": True},
+            {"model": "stage2/catboost", "stage": "stage2", "cpu_s": 400.0, "blend_input": False}]
+    assert bench_automl._stage2_cpu(ours, 600.0) == \
+        "the blend's 2 stage-2 runs together: 150 CPU-s (0.25x AutoGluon's)."
+    assert bench_automl._stage2_cpu(ours[1:], 600.0).startswith("our 3 stage-2 runs together: 550 CPU-s")
