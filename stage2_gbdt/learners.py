@@ -80,6 +80,19 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
     def _stopping(self, eval_set: list | None) -> int:
         return self.early_stopping_rounds if eval_set and self.early_stopping_rounds > 0 else 0
 
+    def _labelled_data(self, binner: Binner, X: np.ndarray, y: np.ndarray, eval_set: list | None,
+                       rounds: int, params: dict[str, Any], categorical: Any) -> tuple[Any, Any]:
+        """The cached binned data of X and (when stopping early) the one validation set, with
+        this fit's labels set (`binned_datasets`); the validation data is None without stopping."""
+        if rounds and len(eval_set) != 1:
+            raise ValueError(f"{type(self).__name__} early-stops on one validation set, got {len(eval_set)}")
+        X_valid, y_valid = eval_set[0] if rounds else (None, None)
+        train_set, valid_set = binned_datasets(binner, X, X_valid, params, categorical)
+        train_set.set_label(y)
+        if valid_set is not None:
+            valid_set.set_label(y_valid)
+        return train_set, valid_set
+
     def fit(self, X: np.ndarray, y: np.ndarray, eval_set: list | None = None) -> GBDTRegressor:
         raise NotImplementedError
 
@@ -183,14 +196,8 @@ class LightGBMRegressor(GBDTRegressor):
                   "random_state": self.random_state, "n_jobs": self.n_threads}
         n_rounds = params.pop("n_estimators", 100)  # LGBMRegressor's default
         rounds = self._stopping(eval_set)
-        if rounds and len(eval_set) != 1:
-            raise ValueError(f"LightGBMRegressor early-stops on one validation set, got {len(eval_set)}")
-        X_valid, y_valid = eval_set[0] if rounds else (None, None)
-        train_set, valid_set = binned_datasets(lightgbm_datasets, X, X_valid, params,
-                                               list(self.categorical_features) or "auto")
-        train_set.set_label(y)
-        if valid_set is not None:
-            valid_set.set_label(y_valid)
+        train_set, valid_set = self._labelled_data(lightgbm_datasets, X, y, eval_set, rounds, params,
+                                                   list(self.categorical_features) or "auto")
         callbacks = [lgb.early_stopping(rounds, first_metric_only=True, verbose=False)] if rounds else []
         booster = lgb.train(params, train_set, num_boost_round=n_rounds,
                             valid_sets=[valid_set] if valid_set is not None else None,
@@ -222,18 +229,12 @@ class XGBoostRegressor(GBDTRegressor):
         import xgboost as xgb
 
         rounds = self._stopping(eval_set)
-        if rounds and len(eval_set) != 1:
-            raise ValueError(f"XGBoostRegressor early-stops on one validation set, got {len(eval_set)}")
         params = {"objective": "reg:absoluteerror", "eval_metric": "mae", "tree_method": "hist",
                   **self.library_params(), "random_state": self.random_state,
                   "n_jobs": self.n_threads}
         n_rounds = params.pop("n_estimators", 100)  # XGBRegressor's default
-        X_valid, y_valid = eval_set[0] if rounds else (None, None)
-        train_set, valid_set = binned_datasets(xgboost_matrices, X, X_valid, params,
-                                               sorted(self.categorical_features))
-        train_set.set_label(y)
-        if valid_set is not None:
-            valid_set.set_label(y_valid)
+        train_set, valid_set = self._labelled_data(xgboost_matrices, X, y, eval_set, rounds, params,
+                                                   sorted(self.categorical_features))
         evals = [(valid_set, "valid")] if valid_set is not None else []
         booster = xgb.train(params, train_set, num_boost_round=n_rounds, evals=evals,
                             early_stopping_rounds=rounds or None, verbose_eval=False)
