@@ -20,7 +20,8 @@ The benchmark reads `oracle/` to score; the pipeline never does (the perception 
 camera_state.csv only because this benchmark names it in `features.files`).
 
 With `features.stage1` off in the stack's config, the stack is stage 2 with the image
-statistics plus the blend, no stage-1 command runs and the table says so. Each dataset keeps its own README block (`--marker`).
+statistics plus the blend, no stage-1 command runs and the table says so. Each dataset keeps
+its own README block (`--marker`).
 
     python -m benchmarks.bench_ladder --config configs/demo.yaml --data data/demo --exp demo \
         --readme README.md

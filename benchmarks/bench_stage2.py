@@ -5,8 +5,9 @@ Times `stage2_gbdt.train.fit_learner` (the (target, fold) fits, parallel as conf
 the feature table is built (timed separately). On the demo data the features are the config's
 without stage 1 (`features.stage1=false`, so the figure does not depend on a stage-1 run), in a
 temporary output folder. At full scale (`make full-data`, ~44,000 train rows) the config is
-`configs/cpu_full.yaml` (its own builders, image statistics included; stage 1 off here, as on
-the demo, so no full-scale stage-1 run is needed) and the work
+`configs/cpu_full.yaml` (its own builders, image statistics included; stage 1 off as on the
+demo, `run` passing `features.stage1=false` to both, so no full-scale stage-1 run is needed) and
+the work
 folder persists (`outputs/bench_stage2/` by default): the feature table is built once and cached
 there (its first build timed and kept), and each row's figures and predictions are saved as it
 finishes, so a rerun resumes and redoes only rows whose config or features changed. Each
@@ -200,9 +201,7 @@ def time_full_scale(data_dir: str | Path, config: str = FULL_CONFIG,
         blend optimiser, nested CV as in `trajstack blend`, and time it.
     """
     work = Path(work_dir)
-    # Stage 2's own cost: the table without stage 1's columns (no stage-1 run in the work dir).
-    overrides = [f"data_dir={data_dir}", f"output_dir={work}", "features.stage1=false",
-                 *(overrides or [])]
+    overrides = [f"data_dir={data_dir}", f"output_dir={work}", *(overrides or [])]
     cfg = load_config(config, overrides)
     state_path = work / STATE_FILE
     state: dict[str, Any] = read_json(state_path) if state_path.exists() else {}
