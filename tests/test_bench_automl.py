@@ -111,11 +111,18 @@ def test_a_failed_automl_worker_names_the_target_and_the_interpreter(tmp_path):
 def test_automl_time_counts_every_stage2_input_of_the_blend():
     # The blend's cost is all of its stage-2 inputs, those on fewer columns included; a run it
     # does not weigh is no part of it.
-    ours = [{"model": "blend/lp", "stage": "blend", "cpu_s": None, "blend_input": False},
-            {"model": "stage2/lightgbm", "stage": "stage2", "cpu_s": 100.0, "blend_input": True},
+    automl = {"wall_s": 500.0, "cpu_s": 600.0}
+    ours = [{"model": "blend/lp", "stage": "blend", "wall_s": 2.0, "cpu_s": None, "blend_input": False},
+            {"model": "stage2/lightgbm", "stage": "stage2", "wall_s": 60.0, "cpu_s": 100.0,
+             "blend_input": True},
             {"model": "stage2/lightgbm-without-x (fewer columns, a blend input)", "stage": "stage2",
-             "cpu_s": 50.0, "blend_input": True},
-            {"model": "stage2/catboost", "stage": "stage2", "cpu_s": 400.0, "blend_input": False}]
-    assert bench_automl._stage2_cpu(ours, 600.0) == \
-        "the blend's 2 stage-2 runs together: 150 CPU-s (0.25x AutoGluon's)."
-    assert bench_automl._stage2_cpu(ours[1:], 600.0).startswith("our 3 stage-2 runs together: 550 CPU-s")
+             "wall_s": 40.0, "cpu_s": 50.0, "blend_input": True},
+            {"model": "stage2/catboost", "stage": "stage2", "wall_s": 300.0, "cpu_s": 400.0,
+             "blend_input": False}]
+    assert bench_automl._stage2_time(ours, automl) == \
+        "the blend's 2 stage-2 runs together: 100 s wall (0.20x AutoGluon's), 150 CPU-s (0.25x)."
+    assert bench_automl._stage2_time(ours[1:], automl).startswith(
+        "our 3 stage-2 runs together: 400 s wall (0.80x AutoGluon's), 550 CPU-s")
+    # A run without a time record makes the total unknown, naming that run.
+    ours[1]["wall_s"] = None
+    assert "stage2/lightgbm predate" in bench_automl._stage2_time(ours, automl)

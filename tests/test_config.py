@@ -1,5 +1,7 @@
 """Config: YAML + base inheritance + overrides, and clear errors for unknown or mistyped keys."""
 
+from pathlib import Path
+
 import pytest
 
 from trajstack.config import ConfigError, load_config, parse_override
@@ -82,3 +84,29 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path.write_text(cfg.to_yaml())
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_names_known_learners(path, tmp_path):
+    # Every config a user can pass (`CONFIG=configs/...`) resolves, its stage-2 learners and
+    # variants are registry keys, and it round-trips: a config added tomorrow is checked too.
+    from stage2_gbdt.learners import LEARNERS
+
+    cfg = load_config(path)
+    learners = [*cfg.stage2.learners, *cfg.stage2.without_stage1,
+                *(v.learner for v in cfg.stage2.variants.values())]
+    assert set(learners) <= set(LEARNERS.keys()), learners
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
+
+
+def test_the_lean_demo_is_the_demo_less_two_stage2_runs():
+    # configs/demo_lean.yaml (README, bench:automl_lean): the demo's features, folds and stage 1,
+    # stage 2 cut to LightGBM and the per-metre variant.
+    demo, lean = load_config("demo"), load_config(CONFIGS_DIR / "demo_lean.yaml")
+    assert lean.stage2.learners == ["lightgbm"] and lean.stage2.without_stage1 == []
+    assert lean.stage2.variants == demo.stage2.variants
+    assert (lean.features, lean.stage1, lean.folds) == (demo.features, demo.stage1, demo.folds)
