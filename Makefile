@@ -7,7 +7,11 @@ PYTHON_SYS ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 TRAJSTACK  := $(VENV)/bin/trajstack
+# The pipeline's own dependencies; `make test`, `bench`, `lint` and `vlm` add EXTRAS (pytest and
+# ruff, Ray, MLflow, transformers), which the main job never imports: a fresh clone's first
+# `make stage1 stage2 blend` does not wait for them.
 STAMP      := $(VENV)/.installed
+EXTRAS_STAMP := $(VENV)/.installed-extras
 # The local torch build on these machines; a plain newer torch would download gigabytes.
 TORCH_PIN  ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS     ?= dev,ray,tracking,vlm
@@ -37,13 +41,17 @@ help:
 	@echo "variables: DATA EXP CONFIG LEARNER NPROC ARGS='key=value ...'"
 	@echo "  LEARNER=xgboost (or a,b) runs those stage-2 learners; empty: the config's stage2.learners"
 
-setup: $(STAMP)
+setup: $(EXTRAS_STAMP)
 
 # Redone only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(EXTRAS_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
@@ -78,7 +86,7 @@ cache: $(STAMP) $(DATA_DEP)
 	$(TRAJSTACK) cache $(COMMON)
 
 # Qwen2-VL features into a resumable cache (weights: a local folder, or downloaded from the hub).
-vlm: $(STAMP) $(DATA_DEP)
+vlm: $(EXTRAS_STAMP) $(DATA_DEP)
 	$(TRAJSTACK) vlm $(COMMON)
 
 folds: $(STAMP) $(DATA_DEP)
@@ -105,14 +113,14 @@ stage1-value: blend
 
 all: stage1 stage2 blend
 
-test: $(STAMP)
+test: $(EXTRAS_STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP) $(DATA_DEP)
+bench: $(EXTRAS_STAMP) $(DATA_DEP)
 	$(PY) -m benchmarks.run --data $(DATA) --config $(CONFIG) --exp $(EXP) --readme README.md \
 	    $(if $(BENCH),--only $(BENCH),)
 
-lint: $(STAMP)
+lint: $(EXTRAS_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -255,3 +256,13 @@ def test_full_arch_has_the_published_2b_sizes():
     assert model.config.text_config.hidden_size == 1536
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == 2.21
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_without_the_vlm_extra_loading_the_model_names_the_extra(tmp_path, monkeypatch):
+    # The main job's venv has no transformers (the Makefile installs extras for tests and `make
+    # vlm` only): the VLM step says which extra to install instead of a bare ImportError.
+    from stage1_nn.vlm.model import VLMRunner
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # None: `import transformers` fails
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[vlm\]'"):
+        VLMRunner.from_pretrained(tmp_path, load_config("demo").vlm)

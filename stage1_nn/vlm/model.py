@@ -123,7 +123,13 @@ class VLMRunner:
     @classmethod
     def from_pretrained(cls, model_dir: Path, cfg: VLMConfig) -> VLMRunner:
         """Load model and processor from a local folder (``local_files_only=True``)."""
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+        try:
+            from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+        except ImportError as err:
+            from trajstack.config import ConfigError
+
+            raise ConfigError("vlm features need the vlm extra (transformers): "
+                              "pip install -e '.[vlm]', or `make vlm`, which installs it") from err
 
         device, dtype = pick_device_dtype(cfg)
         extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
