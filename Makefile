@@ -20,7 +20,7 @@ DEMO_DATA  := data/demo
 DATA       ?= $(DEMO_DATA)
 EXP        ?= demo
 CONFIG     ?= configs/demo.yaml
-# Empty: every learner of the config's stage2.learners (the demo: lightgbm, xgboost).
+# Empty: every learner of the config's stage2.learners (the demo: lightgbm, xgboost, catboost).
 LEARNER    ?=
 NPROC      ?= 1
 BENCH      ?=

@@ -1,5 +1,5 @@
-"""The demo's default stage 2 runs every learner of its config (lightgbm, xgboost; catboost on
-request), through the CLI and the Makefile; each learner resumes on its own."""
+"""The demo's default stage 2 runs every learner of its config (lightgbm, xgboost, catboost),
+through the CLI and the Makefile; each learner resumes on its own."""
 
 import shutil
 import subprocess
@@ -11,7 +11,7 @@ from test_stage2 import FAST, main
 
 from trajstack.config import load_config
 
-ALL = ["lightgbm", "xgboost"]
+ALL = ["lightgbm", "xgboost", "catboost"]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +35,14 @@ def test_demo_default_fits_every_learner_and_each_resumes_alone(tiny, tmp_path, 
     shutil.rmtree(root / "xgboost")
     assert main(_args(tiny, tmp_path)) == 0
     out = capsys.readouterr().out
-    assert out.count("done already") == 1 and "stage2 xgboost: CV MAE" in out
+    assert out.count("done already") == 2 and "stage2 xgboost: CV MAE" in out
     assert "stage2 lightgbm: done already" in out
     # --learner picks one learner only, one the config does not list too.
-    assert main(_args(tiny, tmp_path, "--learner", "catboost")) == 0
+    assert main(_args(tiny, tmp_path, "--learner", "catboost_multi")) == 0
     out = capsys.readouterr().out
-    assert "stage2 catboost: CV MAE" in out and "lightgbm" not in out
-    assert main(_args(tiny, tmp_path, "--learner", "catboost")) == 0
-    assert "stage2 catboost: done already" in capsys.readouterr().out
+    assert "stage2 catboost_multi: CV MAE" in out and "lightgbm" not in out
+    assert main(_args(tiny, tmp_path, "--learner", "catboost_multi")) == 0
+    assert "stage2 catboost_multi: done already" in capsys.readouterr().out
 
 
 def test_make_stage2_runs_the_config_learners_unless_learner_is_given():
