@@ -67,8 +67,21 @@ class ImageStatsConfig(StrictModel):
     grid_cols: int = Field(4, ge=1)
     # Bins of the per-row edge / intensity profiles of the frame at t.
     profile_bins: int = Field(16, ge=1)
+    # Groups (of `groups`) whose every column also comes as the row's deviation from the mean over
+    # its scene (`<column>_minus_scene_mean`): the same drive's other rows calibrate its camera,
+    # exposure and scenery, so what is left is what changed at this row.
+    scene_deviation: list[ImageStatGroup] = []
     # A progress bar while computing (on a terminal); does not change the output.
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _scene_deviation_of_computed_groups(self) -> ImageStatsConfig:
+        missing = [g for g in self.scene_deviation if g not in self.groups]
+        if missing:
+            raise ValueError(f"features.image_stats.scene_deviation names {missing}, which are not "
+                             f"in features.image_stats.groups {self.groups}: add them there or "
+                             "drop them here")
+        return self
 
 
 class Stage1FeatureConfig(StrictModel):

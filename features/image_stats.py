@@ -37,6 +37,11 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
+`scene_deviation` adds, for the groups it names, each column minus its mean over the row's scene
+(`features.scene_lags.minus_scene_mean`): the same drive's other rows calibrate the camera, its
+exposure and the scenery, leaving what changed at this row (the colours near the horizon as the
+grade changes, rather than the drive's sky and light).
+
 Frames are read from the memory-mapped image cache (`trajstack.image_cache`), in chunks of
 rows processed in parallel; the cache key covers the image cache's source fingerprint.
 """
@@ -53,6 +58,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.base import BuildContext, id_frame, register_builder
+from features.scene_lags import minus_scene_mean
 from trajstack.image_cache import (
     IMAGES_FILE,
     build_or_open_cache,
@@ -442,12 +448,22 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
     stats = pd.concat(parts, ignore_index=True) if parts else image_statistics(
         np.zeros((0, len(spec.frames), spec.image_height, spec.image_width, 3), np.uint8),
         options.groups, grid, bins)
+    group_columns = {group: list(image_statistics(np.zeros((1, *cache.images.shape[1:]), np.uint8),
+                                                  [group], grid, bins).columns)
+                     for group in options.scene_deviation}
     if "horizon" in options.groups:
         rows = stats[[f"img_edge_peak_row_f{f}" for f in range(len(spec.frames))]].to_numpy(float)
-        geometry = horizon_geometry(rows, table, spec, cfg.features.physics)
-        stats = pd.concat([stats, pd.DataFrame({f"img_{k}": v.astype(np.float32)
-                                                for k, v in geometry.items()})], axis=1)
-    return pd.concat([id_frame(table, spec), stats], axis=1)
+        geometry = pd.DataFrame({f"img_{k}": v.astype(np.float32) for k, v in
+                                 horizon_geometry(rows, table, spec, cfg.features.physics).items()})
+        stats = pd.concat([stats, geometry], axis=1)
+        if "horizon" in group_columns:
+            group_columns["horizon"] += list(geometry.columns)
+    stats = pd.concat([id_frame(table, spec), stats], axis=1)
+    if not group_columns:
+        return stats
+    # After the chunks are joined: a scene's rows may fall in different chunks.
+    deviation = minus_scene_mean(stats, [c for cols in group_columns.values() for c in cols], spec)
+    return pd.concat([stats, deviation], axis=1)
 
 
 def image_inputs(ctx: BuildContext) -> dict[str, str]:

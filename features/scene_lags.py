@@ -13,6 +13,7 @@ import pandas as pd
 import polars as pl
 
 from features.base import BuildContext, id_frame, per_split, register_builder
+from trajstack.spec import DatasetSpec
 from trajstack.tables import scene_and_time
 
 SCENE, TIME, ROW = "__scene", "__time_s", "__row"
@@ -87,6 +88,27 @@ def scene_lag_features(table: pd.DataFrame, ctx: BuildContext) -> pd.DataFrame:
     out = id_frame(table, spec)
     features = result.to_pandas().astype("float64")
     return pd.concat([out, features], axis=1)
+
+
+def minus_scene_mean(frame: pd.DataFrame, columns: list[str], spec: DatasetSpec) -> pd.DataFrame:
+    """Each of `columns` minus its mean over the row's scene (missing values skipped), as
+    `<column>_minus_scene_mean`, for any builder's columns (what `lag_<col>_minus_scene_mean`
+    is for telemetry).
+
+    Parameters
+    ----------
+    frame : one split's rows: the ID column (`spec.id_column`) and `columns`.
+    columns : numeric columns of `frame`.
+    spec : dataset spec (ID column and `id_pattern`, which names the scene).
+
+    Returns
+    -------
+    float32 frame with one column per input column, in `frame`'s row order and index.
+    """
+    scenes, _ = scene_and_time(frame[spec.id_column], spec)
+    values = frame[columns].astype("float32")
+    deviation = values - values.groupby(scenes).transform("mean")
+    return deviation.rename(columns=lambda c: f"{c}_minus_scene_mean")
 
 
 register_builder(

@@ -71,6 +71,12 @@ class Stage2Config(StrictModel):
     # 0.05}}}): an axis whose signal is weak and noisy (z on the demo) gains from slower
     # boosting where the others would only pay for it.
     axis_params: dict[str, dict[str, dict[str, Any]]] = {}
+    # Per axis (dataset.axes): feature columns (glob patterns, e.g. "img_rowcolour*") that the
+    # models of that axis's targets do not see. Statistics that read one thing (the grade, for
+    # z) are noise to the other axes: with few rows, trees find spurious splits on them.
+    # Every learner with one model per target; a learner fitting all targets at once
+    # (catboost_multi) sees every column.
+    axis_drop_columns: dict[str, list[str]] = {}
     # Learners (of those run) also fitted without the stage-1 features, each stage-1 run left
     # out in turn, as `--without-stage1 all` does (stage2/<learner>-without-<run>/); unlike
     # those, these runs are blend inputs: a model that never saw stage 1 errs differently.

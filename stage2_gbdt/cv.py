@@ -62,8 +62,8 @@ ALL_TARGETS = -1
 
 
 def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
-            learner_kwargs: dict[str, Any], stopping: dict[str, Any], seeds: int = 1
-            ) -> dict[str, Any]:
+            learner_kwargs: dict[str, Any], stopping: dict[str, Any], seeds: int = 1,
+            columns: np.ndarray | None = None) -> dict[str, Any]:
     """Fit target `target` on the rows outside `fold`; predict the fold's rows and the test.
 
     With early stopping on (`learner_kwargs["early_stopping_rounds"] > 0`), the rounds are
@@ -75,8 +75,12 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     `target=ALL_TARGETS` fits a multi-output learner on every target at once (rows with any
     label missing are left out of its fits). `seeds > 1` bags: that many models, each with
     its own learner seed and inner holdout, predictions averaged (seed 0 is the unbagged fit).
+    `columns` (indices of X's columns) restricts the fit to those features (None: all); the
+    importance still has one entry per column of X, zero for those left out.
     """
     X, X_test, y_all, folds, groups = (shared.get(k) for k in ("X", "X_test", "Y", "folds", "groups"))
+    if columns is not None:
+        X, X_test = X[:, columns], X_test[:, columns]
     y = y_all if target == ALL_TARGETS else y_all[:, target]
     known = ~np.isnan(y) if y.ndim == 1 else ~np.isnan(y).any(axis=1)  # unlabelled: predicted only
     train_rows = np.flatnonzero((folds != fold) & known)
@@ -89,11 +93,15 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     def mean_of(values: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack([np.asarray(v, dtype=float) for v in values]), axis=0)
 
+    importance = mean_of([m.feature_importances_ for m in models])
+    if columns is not None:  # back to one entry per column of X
+        importance = np.zeros(shared.get("X").shape[1])
+        importance[columns] = mean_of([m.feature_importances_ for m in models])
     return {
         "target": target, "fold": fold, "valid_rows": valid_rows,
         "valid_pred": mean_of([m.predict(X[valid_rows]) for m in models]),
         "test_pred": mean_of([m.predict(X_test) for m in models]),
-        "importance": mean_of([m.feature_importances_ for m in models]),
+        "importance": importance,
         "best_iteration": float(np.mean([m.best_iteration_ for m in models])),
     }
 
@@ -140,6 +148,7 @@ def cross_validate(
     ray_address: str | None = None,
     resume: FitStore | None = None,
     target_params: list[dict[str, Any]] | None = None,
+    target_columns: list[np.ndarray | None] | None = None,
 ) -> CVResult:
     """Fit one `learner_key` model per target per fold; return OOF and fold-mean test predictions.
 
@@ -164,6 +173,9 @@ def cross_validate(
     resume : where finished fits are saved as they return and loaded from on a rerun.
     target_params : optional per-target overrides of `params` (one mapping per column of Y),
         e.g. a slower learning rate for one axis; not for a multi-output learner.
+    target_columns : optional, per column of Y, the indices of the feature columns its models
+        see (None: every column), e.g. the grade statistics for z only; not for a multi-output
+        learner.
     """
     columns = list(X_train.columns)
     X, Xt, cats = encode_features(X_train, X_test, columns)
@@ -180,16 +192,26 @@ def cross_validate(
                       "early_stopping_rounds": early_stopping_rounds, "random_state": seed,
                       "n_threads": threads_per_fit, "device": device}
 
+    def columns_of(target: int) -> np.ndarray | None:
+        return None if target_columns is None or target == ALL_TARGETS else target_columns[target]
+
     def kwargs_of(target: int) -> dict[str, Any]:
-        if target_params is None or not target_params[target]:
-            return learner_kwargs
-        return {**learner_kwargs, "params": {**params, **target_params[target]}}
+        kwargs = dict(learner_kwargs)
+        if target_params is not None and target_params[target]:
+            kwargs["params"] = {**params, **target_params[target]}
+        kept = columns_of(target)
+        if kept is not None:  # the categorical columns' positions among those kept
+            position = {int(j): i for i, j in enumerate(kept)}
+            kwargs["categorical_features"] = tuple(position[j] for j in cats if j in position)
+        return kwargs
 
     # A multi-output learner: one task per fold for all targets; else one per (target, fold).
     multi_output = LEARNERS.get(learner_key).multi_output
-    if target_params is not None and (multi_output or len(target_params) != Y.shape[1]):
-        raise ValueError(f"target_params needs one mapping per target ({Y.shape[1]}) and a learner "
-                         f"with one model per target; got {len(target_params)} for {learner_key}")
+    for name, what, per_target in (("target_params", "mapping", target_params),
+                                   ("target_columns", "column list", target_columns)):
+        if per_target is not None and (multi_output or len(per_target) != Y.shape[1]):
+            raise ValueError(f"{name} needs one {what} per target ({Y.shape[1]}) and a learner "
+                             f"with one model per target; got {len(per_target)} for {learner_key}")
     task_targets = [ALL_TARGETS] if multi_output else range(Y.shape[1])
     # Fold by fold: a worker's consecutive fits then share their training rows, which LightGBM
     # and XGBoost bin once per worker and reuse (learners.binned_datasets).
@@ -202,7 +224,8 @@ def cross_validate(
         shared = SharedArrays({"X": X, "X_test": Xt, "Y": (Y - base_train) / scale_train,
                                "folds": np.asarray(folds), "groups": groups},
                               use_ray=executor == "ray")
-        tasks = [(shared, t, f, learner_key, kwargs_of(t), stopping, seeds) for t, f in tasks_of]
+        tasks = [(shared, t, f, learner_key, kwargs_of(t), stopping, seeds, columns_of(t))
+                 for t, f in tasks_of]
         return run_tasks(fit_one, tasks, n_jobs=n_jobs, executor=executor,
                          desc=f"{learner_key} fits", on_result=resume.save if resume else None)
 

@@ -8,9 +8,11 @@ Each run saves the merged result, so its config.yaml says exactly what was fitte
 from __future__ import annotations
 
 import copy
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from stage2_gbdt.learners import LEARNERS
@@ -66,6 +68,29 @@ def target_params(cfg: Config, key: str, targets: list[str]) -> list[dict[str, A
     return [dict(per_axis.get(axis_of[t], {})) for t in targets]
 
 
+def target_columns(cfg: Config, key: str, targets: list[str], columns: list[str]
+                   ) -> list[np.ndarray | None] | None:
+    """Per name of `targets`, the indices of `columns` its models see under
+    `stage2.axis_drop_columns` (None: every column); None when no axis drops any, or when
+    learner `key` fits every target in one model.
+
+    An axis the config names that is not one of the dataset's is a ConfigError.
+    """
+    spec, drops = cfg.dataset, cfg.stage2.axis_drop_columns
+    check_axes(drops, spec, "stage2.axis_drop_columns")
+    if not any(drops.values()) or LEARNERS.get(key).multi_output:
+        return None
+    axis_of = dict(zip(spec.target_columns, spec.target_axes, strict=True))
+
+    def kept(axis: str) -> np.ndarray | None:
+        patterns = drops.get(axis, [])
+        keep = [j for j, c in enumerate(columns) if not any(fnmatchcase(c, p) for p in patterns)]
+        return None if len(keep) == len(columns) else np.asarray(keep)
+
+    per_axis = {axis: kept(axis) for axis in spec.axes}
+    return [per_axis[axis_of[t]] for t in targets]
+
+
 def run_config(cfg: Config, key: str, params: dict[str, Any],
                variant: str | None = None) -> dict[str, Any]:
     """The resolved config of one learner's run: only that learner, with its merged params.
@@ -83,6 +108,8 @@ def run_config(cfg: Config, key: str, params: dict[str, Any],
     own_axes = resolved["stage2"].pop("axis_params", {}).get(key)
     if own_axes:
         resolved["stage2"]["axis_params"] = {key: own_axes}
+    if not any(resolved["stage2"].get("axis_drop_columns", {}).values()):
+        resolved["stage2"].pop("axis_drop_columns", None)  # as for axis_params: old runs stay fresh
     # Which learners also run without stage 1 is not this run's business: those runs differ in
     # their features (and folder), so adding one must not make every finished run look stale.
     resolved["stage2"].pop("without_stage1", None)

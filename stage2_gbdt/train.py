@@ -22,7 +22,7 @@ from features.stage1 import stage1_baseline
 from stage2_gbdt.cv import CVResult, cross_validate
 from stage2_gbdt.importance import importance_table, write_importance
 from stage2_gbdt.learners import LEARNERS
-from stage2_gbdt.params import STAGE, learner_params, run_config, target_params
+from stage2_gbdt.params import STAGE, learner_params, run_config, target_columns, target_params
 from stage2_gbdt.resume import FitStore
 from stage2_gbdt.without_stage1 import (
     WITHOUT_KEY,
@@ -131,6 +131,7 @@ def fit_learner(data: Stage2Data, key: str, params: dict, resume: FitStore | Non
         refit=s2.refit, seed=cfg.seed, seeds=s2.seeds, n_jobs=s2.n_jobs, threads_per_fit=s2.threads_per_fit, device=s2.device,
         executor=s2.executor, ray_address=s2.ray_address, resume=resume,
         target_params=target_params(cfg, key, chosen),
+        target_columns=target_columns(cfg, key, chosen, ft.feature_columns),
     )
 
 
@@ -184,6 +185,11 @@ def train_learner(data: Stage2Data, key: str, force: bool = False, log: Log = lo
     run.log(f"{key}: {len(ft.feature_columns)} features, {len(ft.train)} train / {len(ft.test)} "
             f"test rows, {data.folds.n_splits} folds, target baseline "
             f"{target_baseline(cfg)} (stage2.target_baseline={cfg.stage2.target_baseline})")
+    kept = target_columns(cfg, key, list(spec.target_columns), ft.feature_columns)
+    if kept is not None:
+        seen = {f"{a}: {len(ft.feature_columns) if k is None else len(k)}"
+                for a, k in zip(spec.target_axes, kept, strict=True)}
+        run.log(f"{key}: columns seen per axis (stage2.axis_drop_columns) {', '.join(sorted(seen))}")
     fits = FitStore(run.path("fits"), run.signature)  # an interrupted run keeps its finished fits
     if force:
         fits.clear()

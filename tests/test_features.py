@@ -10,7 +10,7 @@ from dataset_factory import make_tiny_dataset
 
 from features.base import BUILDERS, BuildContext
 from features.build import build_features
-from features.scene_lags import scene_lag_features
+from features.scene_lags import minus_scene_mean, scene_lag_features
 from features.traffic_lights import light_row
 from trajstack.config import ConfigError, load_config
 from trajstack.physics import physics_baseline, physics_forecasts
@@ -62,6 +62,19 @@ def test_scene_lags_never_cross_a_scene_and_follow_time_order(tiny, tmp_path):
         assert (feats["lag_scene_position"].to_numpy()[rows] == np.arange(len(rows))).all()
         assert (feats["lag_scene_size"].to_numpy()[rows] == len(rows)).all()
         assert np.allclose(feats["lag_gap_prev_s"].to_numpy()[rows][1:], 10.0)
+
+
+def test_minus_scene_mean_skips_missing_values_and_keeps_row_order():
+    spec = load_config("demo").dataset
+    a, b = "a" * 32, "b" * 32
+    frame = pd.DataFrame({"ID": [f"{a}_20", f"{b}_20", f"{a}_120", f"{a}_220", f"{b}_120"],
+                          "v": [1.0, 10.0, 2.0, np.nan, 30.0], "w": [0.0, 0.0, 3.0, 3.0, 4.0]},
+                         index=[7, 3, 5, 1, 9])
+    out = minus_scene_mean(frame, ["v", "w"], spec)
+    assert list(out.columns) == ["v_minus_scene_mean", "w_minus_scene_mean"]
+    assert list(out.index) == [7, 3, 5, 1, 9]
+    np.testing.assert_allclose(out["v_minus_scene_mean"], [-0.5, -10.0, 0.5, np.nan, 10.0])
+    np.testing.assert_allclose(out["w_minus_scene_mean"], [-2.0, -2.0, 1.0, 1.0, 2.0])
 
 
 def test_scene_lags_never_cross_the_split(tiny, tmp_path):

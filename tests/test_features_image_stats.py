@@ -7,10 +7,11 @@ import pytest
 from dataset_factory import make_tiny_dataset
 from PIL import Image
 
+from features import image_stats
 from features.build import build_features
 from features.image_stats import horizon_geometry, image_statistics
 from stage2_gbdt.train import main as stage2_main
-from trajstack.config import load_config
+from trajstack.config import ConfigError, load_config
 
 
 def _rgb(grey_frames):
@@ -150,6 +151,9 @@ def tiny(tmp_path_factory):
                              n_test_scenes=2, seed=3)
 
 
+NO_DEVIATION = "features.image_stats.scene_deviation=[]"  # the demo's names a group left out
+
+
 def _cfg(tiny, out, *overrides):
     return load_config("demo", [f"data_dir={tiny.root}", f"output_dir={out}", "folds.n_splits=2",
                                 "features.stage1=false", "features.builders=[image_stats]",
@@ -158,7 +162,7 @@ def _cfg(tiny, out, *overrides):
 
 def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     every_group = "features.image_stats.groups=[flow, similarity, regions, row_profile, horizon, orientation]"
-    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2", every_group))
+    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2", every_group, NO_DEVIATION))
     assert table.train["ID"].tolist() == pd.read_csv(tiny.table_path("train"))["ID"].tolist()
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
@@ -166,7 +170,7 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     assert np.isfinite(table.test[table.feature_columns].to_numpy()).all()
     assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
     # Workers and chunking do not change a value.
-    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group))
+    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group, NO_DEVIATION))
     pd.testing.assert_frame_equal(table.train, serial.train)
 
 
@@ -175,8 +179,8 @@ def test_cache_key_follows_config_and_frames(tiny, tmp_path):
     first = build_features(_cfg(tiny, tmp_path), log=lines.append)
     build_features(_cfg(tiny, tmp_path, "features.image_stats.progress=true"), log=lines.append)
     assert "built" in lines[0] and "cached" in lines[1]  # progress is not part of the key
-    fewer = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[row_profile]"),
-                           log=lines.append)
+    fewer = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[row_profile]",
+                                NO_DEVIATION), log=lines.append)
     assert "built" in lines[2] and fewer.hash != first.hash
     assert all(c.startswith("img_") and ("row" in c) for c in fewer.feature_columns)
     # A frame redrawn: the builder recomputes (its key holds the image cache's fingerprint).
@@ -200,3 +204,40 @@ def test_stage2_runs_with_image_stats(tiny, tmp_path):
     assert len(test) == len(tiny.test_ids) and np.isfinite(test.iloc[:, 1:].to_numpy()).all()
     importance = pd.read_csv(run / "importance.csv", index_col=0)
     assert any(str(name).startswith("img_") for name in importance.index)
+
+
+def test_scene_deviation_is_each_column_minus_its_scene_mean_across_chunks(tiny, tmp_path, monkeypatch):
+    # Two rows per worker task: every scene of the tiny data (3 rows) spans two tasks.
+    monkeypatch.setattr(image_stats, "ROWS_PER_TASK", 2)
+    cfg = _cfg(tiny, tmp_path, "cache.workers=2", "features.image_stats.groups=[horizon, row_colours]",
+               "features.image_stats.scene_deviation=[row_colours]")
+    table = build_features(cfg)
+    raw = [c for c in table.feature_columns if c.startswith("img_rowcolour")
+           and not c.endswith("_minus_scene_mean")]
+    deviation = [c for c in table.feature_columns if c.endswith("_minus_scene_mean")]
+    assert raw and deviation == [f"{c}_minus_scene_mean" for c in raw]  # row_colours only
+    for split in (table.train, table.test):
+        scene = split["ID"].str.split("_").str[0]
+        expected = split[raw] - split[raw].groupby(scene).transform("mean")
+        np.testing.assert_allclose(split[deviation].to_numpy(), expected.to_numpy(), atol=1e-6)
+        assert np.abs(split[deviation].groupby(scene).sum().to_numpy()).max() < 1e-4
+        assert (split[deviation].abs().sum() > 0).mean() > 0.5  # the rows of a scene differ
+    # The deviation is part of the builder's key.
+    without = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[horizon, row_colours]",
+                                  NO_DEVIATION))
+    assert without.hash != table.hash and not any(c.endswith("_minus_scene_mean")
+                                                  for c in without.feature_columns)
+
+
+def test_scene_deviation_of_the_horizon_group_covers_its_telemetry_columns(tiny, tmp_path):
+    table = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[horizon]",
+                                "features.image_stats.scene_deviation=[horizon]"))
+    deviation = {c.removesuffix("_minus_scene_mean") for c in table.feature_columns
+                 if c.endswith("_minus_scene_mean")}
+    assert deviation == {c for c in table.feature_columns if not c.endswith("_minus_scene_mean")}
+    assert "img_horizon_dz_0" in deviation and "img_edge_peak_row_f0" in deviation
+
+
+def test_scene_deviation_of_a_group_not_computed_is_refused(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="scene_deviation names \\['row_colours'\\]"):
+        _cfg(tiny, tmp_path, "features.image_stats.groups=[horizon]")

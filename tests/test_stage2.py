@@ -13,7 +13,7 @@ from test_features_stage1 import write_fake_stage1_run
 
 from stage2_gbdt.cv import cross_validate, encode_features
 from stage2_gbdt.learners import LEARNERS, GBDTRegressor, LightGBMRegressor, create_learner
-from stage2_gbdt.params import params_file, run_config, target_params
+from stage2_gbdt.params import params_file, run_config, target_columns, target_params
 from stage2_gbdt.resume import FitStore
 from stage2_gbdt.train import fit_learner, parse_learners, prepare, target_baseline
 from trajstack.artifacts import OOF_FILE, TEST_FILE
@@ -524,6 +524,56 @@ def test_target_params_reach_only_their_targets_fits(monkeypatch):
     with pytest.raises(ValueError, match="one mapping per target"):
         cross_validate("param_recorder", {"learning_rate": 0.2}, X, Y, X.iloc[:5], folds,
                        target_names=["t0", "t1"], target_params=[{}])
+
+
+class ColumnRecorder(EvalRecorder):
+    """Records the columns and categorical positions each fit sees; importance 1, 2, 3, ..."""
+
+    def fit(self, X, y, eval_set=None):
+        EvalRecorder.calls.append({"n_columns": X.shape[1], "cats": tuple(self.categorical_features),
+                                   "label": float(np.nanmean(y))})
+        self.best_iteration_, self.feature_importances_ = 3, np.arange(1.0, X.shape[1] + 1)
+        return self
+
+
+def test_target_columns_restrict_only_their_targets_fits(monkeypatch):
+    monkeypatch.setitem(LEARNERS._entries, "column_recorder", ColumnRecorder)
+    monkeypatch.setattr(EvalRecorder, "calls", [])
+    X, Y, folds = synthetic()  # columns a, b, gear (categorical, position 2)
+    Y = np.stack([np.zeros(len(X)), np.full(len(X), 100.0)], axis=1)
+    result = cross_validate("column_recorder", {}, X, Y, X.iloc[:5], folds, target_names=["t0", "t1"],
+                            early_stopping_rounds=5, target_columns=[None, np.array([1, 2])])
+    seen = {(call["label"] > 50, call["n_columns"], call["cats"]) for call in EvalRecorder.calls}
+    assert seen == {(False, 3, (2,)), (True, 2, (1,))}  # stopping fits and refits alike
+    # One importance entry per column of X; the column t1 never saw has none.
+    assert result.importance["t0"].tolist() == [1.0, 2.0, 3.0]
+    assert result.importance["t1"].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="one column list per target"):
+        cross_validate("column_recorder", {}, X, Y, X.iloc[:5], folds, target_names=["t0", "t1"],
+                       target_columns=[None])
+    # The real thing: LightGBM (its binned data is cached per column set) never splits on a
+    # column left out, though the target is made of it.
+    real = cv("lightgbm", target_columns=[None, np.array([1, 2])])
+    assert real.importance.loc["a", "t0"] > 0 and real.importance.loc["a", "t1"] == 0
+    error = np.nanmean(np.abs(real.oof - synthetic()[1]), axis=0)
+    assert error[0] < 0.5 * error[1]  # both targets are 2a + ...: t1 cannot see a
+
+
+def test_axis_drop_columns_name_each_axis_columns(tiny, tmp_path):
+    drops = "stage2.axis_drop_columns={x: ['img_row*', 'lag_*'], y: ['img_row*']}"
+    cfg = load_config("demo", [f"data_dir={tiny.root}", f"output_dir={tmp_path}", drops])
+    columns = ["vEgo", "lag_vEgo_prev1", "img_rowcolour_r01_c0", "img_cell00_jxy"]
+    kept = target_columns(cfg, "lightgbm", ["x_0", "y_3", "z_5"], columns)
+    assert [None if k is None else k.tolist() for k in kept] == [[0, 3], [0, 1, 3], None]
+    assert target_columns(cfg, "catboost_multi", ["x_0"], columns) is None  # fits all at once
+    assert run_config(cfg, "lightgbm", {})["stage2"]["axis_drop_columns"]["x"] == ["img_row*", "lag_*"]
+    none = load_config("demo", [f"data_dir={tiny.root}", "stage2.axis_drop_columns={}"])
+    assert target_columns(none, "lightgbm", ["x_0"], columns) is None
+    # No drops: no key in a run's signature, so runs made before the option stay fresh.
+    assert "axis_drop_columns" not in run_config(none, "lightgbm", {})["stage2"]
+    bad = load_config("demo", [f"data_dir={tiny.root}", "stage2.axis_drop_columns={w: ['a*']}"])
+    with pytest.raises(ConfigError, match=r"stage2\.axis_drop_columns names \['w'\], not in dataset\.axes"):
+        target_columns(bad, "lightgbm", ["x_0"], columns)
 
 
 def test_run_config_ignores_other_runs_without_stage1(tiny, tmp_path):
