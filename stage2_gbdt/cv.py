@@ -93,10 +93,11 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     def mean_of(values: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack([np.asarray(v, dtype=float) for v in values]), axis=0)
 
-    importance = mean_of([m.feature_importances_ for m in models])
-    if columns is not None:  # back to one entry per column of X
+    kept_importance = mean_of([m.feature_importances_ for m in models])
+    importance = kept_importance
+    if columns is not None:  # back to one entry per column of X, zero where left out
         importance = np.zeros(shared.get("X").shape[1])
-        importance[columns] = mean_of([m.feature_importances_ for m in models])
+        importance[columns] = kept_importance
     return {
         "target": target, "fold": fold, "valid_rows": valid_rows,
         "valid_pred": mean_of([m.predict(X[valid_rows]) for m in models]),

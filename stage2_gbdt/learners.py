@@ -102,8 +102,9 @@ class GBDTRegressor(RegressorMixin, BaseEstimator):
 
 # Training data already binned in this process, newest last (see `binned_datasets`).
 _BINNED: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-# Enough for a fold's early-stopping rows and its refit rows, under two parameter sets.
-BINNED_CACHE_SIZE = 4
+# Enough for a fold's early-stopping rows and its refit rows, under up to four parameter or
+# column sets (`stage2.axis_params`, `stage2.axis_drop_columns`: a worker's fits alternate axes).
+BINNED_CACHE_SIZE = 8
 
 # A library's binning: (X, X_valid or None, params, categorical) -> (train data, valid data or None).
 Binner = Callable[[np.ndarray, "np.ndarray | None", dict[str, Any], Any], tuple[Any, Any]]
