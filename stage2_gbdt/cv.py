@@ -79,6 +79,7 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     importance still has one entry per column of X, zero for those left out.
     """
     X, X_test, y_all, folds, groups = (shared.get(k) for k in ("X", "X_test", "Y", "folds", "groups"))
+    n_columns = X.shape[1]
     if columns is not None:
         X, X_test = X[:, columns], X_test[:, columns]
     y = y_all if target == ALL_TARGETS else y_all[:, target]
@@ -93,11 +94,11 @@ def fit_one(shared: SharedArrays, target: int, fold: int, learner_key: str,
     def mean_of(values: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack([np.asarray(v, dtype=float) for v in values]), axis=0)
 
-    kept_importance = mean_of([m.feature_importances_ for m in models])
-    importance = kept_importance
+    importance = mean_of([m.feature_importances_ for m in models])
     if columns is not None:  # back to one entry per column of X, zero where left out
-        importance = np.zeros(shared.get("X").shape[1])
-        importance[columns] = kept_importance
+        full = np.zeros(n_columns)
+        full[columns] = importance
+        importance = full
     return {
         "target": target, "fold": fold, "valid_rows": valid_rows,
         "valid_pred": mean_of([m.predict(X[valid_rows]) for m in models]),
