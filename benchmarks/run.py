@@ -88,6 +88,14 @@ def _vlm(args: argparse.Namespace) -> dict[str, Any]:
     return bench_vlm.run()
 
 
+def _horizon(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_horizon
+
+    result = bench_horizon.run(args.config, args.data)
+    result["markdown"] = bench_horizon.to_markdown(result)
+    return result
+
+
 def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_pipeline
 
@@ -116,6 +124,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
     "stage2_full": ("stage 2 at full scale: learners, joblib vs Ray, blend", _stage2_full),
     "toolbox": ("stage-1 toolbox ablation, fold 0, each switch on vs off", _toolbox),
     "vlm": ("VLM extractor speed, tiny random Qwen2-VL (CPU)", _vlm),
+    # Only when named (BENCH=horizon): drivesim data of seed 0 (it simulates the scenes again).
+    "horizon": ("horizon-row estimators against drivesim's true horizon row", _horizon),
     # Last: it reuses the pipeline's runs, and it stops with a message on data without
     # oracle/camera_state.csv (drivesim v1) after the others have written their tables.
     "ladder": ("telemetry-only stage 2 -> stack -> perception oracle, share captured", _ladder),
@@ -126,7 +136,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
 
 
 # Benchmarks run only when `--only` names them (long, or needing data the demo does not make).
-ON_REQUEST = ("stage2_full", "ladder_full")
+ON_REQUEST = ("stage2_full", "ladder_full", "horizon")
 
 
 def to_markdown(title: str, result: dict[str, Any]) -> str:

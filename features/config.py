@@ -54,7 +54,7 @@ class TrafficLightConfig(StrictModel):
 
 
 ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation",
-                         "colour_rows", "vertical_shift", "row_colours"]
+                         "colour_rows", "vertical_shift", "row_colours", "ground_edge"]
 
 
 class ImageStatsConfig(StrictModel):

@@ -34,6 +34,13 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   columns, so a pole or a car does not count) and its distance to the top row's colour: where
   the sky, the skyline and the far ground lie row by row, at full resolution, for the GBDT to
   read the horizon's row (hence the pitch) from directly.
+- `ground_edge`: per frame, the top edge of the ground: the lowest row in the upper part of the
+  frame where nearly the whole width changes colour from the row above. The far ground meets
+  the sky or the skyline along the whole width at the horizon, while the edges of objects above
+  it and of the road below it span only part of it. Where the road ahead rises, the crest hides
+  the horizon and the edge is the crest's (which is what the height ahead depends on). The row
+  is where the camera's pitch to gravity shows: fy * tan(pitch) below the principal point.
+  Missing (NaN) where no row qualifies, e.g. the horizon above the frame.
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -250,6 +257,40 @@ def row_colour_stats(frames: np.ndarray, share: float = 0.625) -> dict[str, np.n
     return out
 
 
+def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
+                     min_step: float = 0.05, min_width: float = 0.9) -> np.ndarray:
+    """(n, frames) the lowest row in the upper `share` of each frame where at least `min_width`
+    of the `block`-pixel-wide column blocks change colour by more than `min_step` (Euclidean,
+    0-1 RGB) from the row above; NaN where no row does.
+
+    frames : uint8 (n, frames, H, W, C).
+    Blocks average the sensor noise out of the step; the width condition keeps out the edges of
+    poles, cars and the road, which span part of the frame only.
+    """
+    x = frames.astype(np.float32) / 255.0
+    n, n_frames, h, w, c = x.shape
+    upper = max(2, int(round(h * share)))
+    blocks = max(1, w // block)
+    x = x[:, :, :upper, : blocks * block].reshape(n, n_frames, upper, blocks, -1, c).mean(axis=4)
+    step = np.zeros((n, n_frames, upper, blocks), np.float32)
+    step[:, :, 1:] = np.linalg.norm(x[:, :, 1:] - x[:, :, :-1], axis=-1)
+    wide = (step > min_step).mean(axis=-1) >= min_width                 # (n, F, rows)
+    lowest = np.where(wide, np.arange(upper)[None, None], -1).max(axis=-1).astype(np.float32)
+    return np.where(lowest >= 0, lowest, np.nan).astype(np.float32)
+
+
+def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """The ground's top edge per frame (`ground_edge_rows`), its median over the frames and how it
+    moved from the oldest frame to the frame at t (the pitch change). frames : uint8 (n, F, H, W, C)."""
+    rows = ground_edge_rows(frames)
+    out = {f"ground_edge_row_f{f}": rows[:, f] for f in range(rows.shape[1])}
+    found = np.isfinite(rows).any(axis=1)
+    out["ground_edge_row_median"] = np.where(
+        found, np.nanmedian(np.where(found[:, None], rows, 0.0), axis=1), np.nan)
+    out["ground_edge_row_change"] = rows[:, -1] - rows[:, 0]
+    return out
+
+
 def profile_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
     """(n, L) profiles -> (n,) sub-pixel shift s (|s| <= max_shift) with b[r + s] most like a[r]
     (cross-correlation of the mean-removed profiles over their overlap, parabola at the peak)."""
@@ -401,6 +442,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= colour_row_stats(frames)
         elif group == "row_colours":
             out |= row_colour_stats(frames)
+        elif group == "ground_edge":
+            out |= ground_edge_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`
             out |= {f"edge_peak_row_f{f}": r for f, r in enumerate(edge_peak_rows(g).T)}
         else:

@@ -1,0 +1,162 @@
+"""Horizon benchmark (drivesim data only): how well each image statistic finds the horizon row.
+
+The road's grade reaches the frames through the camera's pitch to gravity, which puts the
+horizon `fy * tan(pitch)` below the principal point. drivesim knows where its camera put it
+(the pitch of the road under the car plus the drive's camera-mount pitch), so on its data each
+horizon estimator of `features/image_stats.py` can be scored against the true row, frame by
+frame: how often it finds a row, how well it follows the true one, how often it is within one
+row of it. The scenes are simulated again from their IDs (`md5("drivesim:<seed>:<split>:<i>")`,
+no frames rendered); the pipeline itself never reads any of this.
+
+    python -m benchmarks.bench_horizon --data data/demo --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.readme_table import update_readme_table
+from features.image_stats import colour_row_stats, edge_peak_rows, grey, ground_edge_rows
+from trajstack.artifacts import ArtifactError
+from trajstack.config import Config, load_config
+from trajstack.image_cache import build_or_open_cache
+from trajstack.tables import read_table, scene_and_time
+
+SIM_CHUNK = 40       # scenes simulated at once (drivesim vectorises over a chunk)
+STATS_CHUNK = 256    # rows whose frames are in memory at once
+MAX_INDEX = 200_000  # scene indices searched for a dataset's scene IDs
+
+
+class HorizonBenchError(ArtifactError):
+    """The data is not drivesim's (or not made with the given seed)."""
+
+
+def scene_indices(scene_ids: list[str], seed: int, split: str) -> dict[str, int]:
+    """drivesim scene index of every scene ID, or a HorizonBenchError naming one that is not."""
+    wanted, found = set(scene_ids), {}
+    for i in range(MAX_INDEX):
+        sid = hashlib.md5(f"drivesim:{seed}:{split}:{i}".encode()).hexdigest()
+        if sid in wanted:
+            found[sid] = i
+            if len(found) == len(wanted):
+                return found
+    missing = sorted(wanted - set(found))
+    raise HorizonBenchError(
+        f"scene {missing[0]} (and {len(missing) - 1} more) of the {split} table is not a drivesim "
+        f"scene of seed {seed}: this benchmark needs drivesim data; pass the --seed it was made with")
+
+
+def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> np.ndarray:
+    """(rows, frames) the row of the gravity horizon in each frame of `ids`, as drivesim drew it."""
+    from drivesim.render import frame_camera
+    from drivesim.scene import DT, SceneJob, simulate_chunk, world_arrays
+
+    spec = cfg.dataset
+    scenes, _ = scene_and_time(ids, spec)
+    index = scene_indices(sorted(set(scenes)), seed, split)
+    jobs = sorted({index[s] for s in scenes})
+    rows: dict[str, list[float]] = {}
+    for start in range(0, len(jobs), SIM_CHUNK):
+        chunk = [SceneJob(seed, split, i) for i in jobs[start:start + SIM_CHUNK]]
+        for run in simulate_chunk(chunk, spec.horizons_s):
+            wa, rec = world_arrays(run.world), run.rec
+            for ds, k in zip(run.row_ds, run.row_steps, strict=True):
+                out = []
+                for offset in spec.frame_offsets_s:
+                    kk = k + int(round(offset / DT))
+                    pose = dict(X=rec["X"][kk], Y=rec["Y"][kk], psi=rec["psi"][kk], s=rec["s"][kk])
+                    camera = frame_camera(run.world, wa, pose, spec.camera, spec.image_width,
+                                          spec.image_height)
+                    out.append(camera.horizon_row)
+                rows[f"{run.job.scene_id}_{ds}"] = out
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise HorizonBenchError(f"row {missing[0]} is not a row drivesim keeps for its scene: "
+                                "this benchmark needs unmodified drivesim data")
+    return np.array([rows[i] for i in ids], dtype=float)
+
+
+def estimated_rows(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """(rows, frames) horizon-row estimates of each image statistic for uint8 (n, F, H, W, C)."""
+    colour = colour_row_stats(frames)
+    n_frames = frames.shape[1]
+
+    def per_frame(name: str) -> np.ndarray:
+        return np.stack([colour[f"colour_{name}_row_f{f}"] for f in range(n_frames)], axis=1)
+
+    return {
+        "`ground_edge`": ground_edge_rows(frames),
+        "`row_profile` strongest horizontal edge": edge_peak_rows(grey(frames)),
+        "`colour_rows` best two-region split": per_frame("split"),
+        "`colour_rows` topmost strong step": per_frame("top_step"),
+        "`colour_rows` row-mean step": per_frame("mean_step"),
+    }
+
+
+def score(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Share of frames with an estimate, its correlation with the truth where found, and the share
+    of all frames within one row of it (the boundary lies between rows: within 1 is exact)."""
+    found = np.isfinite(estimate)
+    error = np.abs(estimate - truth)
+    return {"found": float(found.mean()),
+            "corr": float(np.corrcoef(estimate[found], truth[found])[0, 1]) if found.sum() > 2 else float("nan"),
+            "within_1": float((error[found] <= 1.0).sum() / estimate.size),
+            "within_1_of_found": float((error[found] <= 1.0).mean()) if found.any() else float("nan")}
+
+
+def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, split: str = "train") -> dict[str, Any]:
+    """Score every horizon estimator on every frame of `split` (frames pooled)."""
+    cfg = load_config(config, [f"data_dir={data_dir}"])
+    spec = cfg.dataset
+    if spec.camera is None:
+        raise HorizonBenchError(f"{config} has no dataset.camera: no horizon row to score")
+    ids = read_table(data_dir, spec, split)[spec.id_column].astype(str).tolist()
+    truth = true_horizon_rows(cfg, ids, split, seed)
+    cache = build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers)
+    positions = cache.positions(ids)
+    parts = [estimated_rows(np.asarray(cache.images[positions[s:s + STATS_CHUNK]]))
+             for s in range(0, len(ids), STATS_CHUNK)]
+    estimates = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return {"data_dir": data_dir, "split": split, "rows": len(ids), "frames": int(truth.size),
+            "true_row_std": float(truth.std()),
+            "estimators": {name: score(est, truth) for name, est in estimates.items()}}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = ["| estimator | found | corr. with the true row (found frames) | within 1 row, of all frames | within 1 row, of found |",
+             "|---|---|---|---|---|"]
+    for name, s in result["estimators"].items():
+        lines.append(f"| {name} | {s['found']:.0%} | {s['corr']:.2f} | {s['within_1']:.0%} | "
+                     f"{s['within_1_of_found']:.0%} |")
+    lines += ["", f"{result['frames']:,} frames of the {result['rows']:,} {result['split']} rows of "
+              f"`{result['data_dir']}` (the three frames of each row pooled); the true row's standard "
+              f"deviation is {result['true_row_std']:.1f} rows (one row is 1 / fy of pitch). "
+              "`python -m benchmarks.bench_horizon --data "
+              f"{result['data_dir']}`."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_horizon", description=__doc__)
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--seed", type=int, default=0, help="the drivesim seed the data was made with")
+    parser.add_argument("--split", default="train", choices=["train", "test"])
+    parser.add_argument("--readme", default=None)
+    parser.add_argument("--marker", default="horizon")
+    args = parser.parse_args(argv)
+    result = run(args.config, args.data, args.seed, args.split)
+    markdown = to_markdown(result)
+    print(markdown)
+    if args.readme:
+        update_readme_table(Path(args.readme), args.marker, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

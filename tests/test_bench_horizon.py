@@ -1,0 +1,67 @@
+"""The horizon benchmark: the true horizon row is where drivesim drew the sky/ground boundary, each
+estimator is scored against it, and data that is not drivesim's is refused with what to do."""
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_horizon import HorizonBenchError, run, scene_indices, to_markdown
+from drivesim.writer import generate
+from trajstack.config import load_config
+from trajstack.image_cache import build_or_open_cache
+from trajstack.tables import read_table
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def drivesim_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("drivesim")
+    generate(out, n_train=6, n_test=1, seed=SEED, spec=load_config("demo").dataset, render=True,
+             progress=False)
+    return out
+
+
+def _cfg(data, tmp_path):
+    return load_config("demo", [f"data_dir={data}", f"output_dir={tmp_path}", "cache.workers=1"])
+
+
+def test_true_horizon_row_is_where_the_frame_turns_from_sky_to_ground(drivesim_data, tmp_path):
+    from benchmarks.bench_horizon import true_horizon_rows
+
+    cfg = _cfg(drivesim_data, tmp_path)
+    spec = cfg.dataset
+    ids = read_table(drivesim_data, spec, "train")[spec.id_column].astype(str).tolist()
+    truth = true_horizon_rows(cfg, ids, "train", SEED)
+    assert truth.shape == (len(ids), len(spec.frames))
+    cache = build_or_open_cache(cfg.data_dir, spec, "train", cfg.cache_dir, 1)
+    frames = np.asarray(cache.images[cache.positions(ids)]).astype(float)
+    # Rows above the horizon are sky or skyline, rows below ground: the frame's column-median colour
+    # changes across the true row far more than between two rows above it, in most frames (a crest
+    # ahead or a car may hide the horizon in some).
+    steps = []
+    for n, f in zip(*np.nonzero((truth > 3) & (truth < 30)), strict=True):
+        r = int(np.floor(truth[n, f] + 0.5))  # the first row whose centre lies below the horizon
+        colour = np.median(frames[n, f], axis=1)
+        steps.append((np.linalg.norm(colour[r] - colour[r - 1]), np.linalg.norm(colour[r - 2] - colour[r - 3])))
+    across, above = np.array(steps).T
+    assert len(steps) >= 5 and (across > above + 10).mean() >= 0.7
+    # The step at the true row dwarfs the steps above it, frame by frame in the median.
+    assert np.median(across) > 3 * np.median(above)
+
+
+def test_estimators_are_scored_and_the_ground_edge_leads(drivesim_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("demo", str(drivesim_data), seed=SEED)
+    scores = result["estimators"]
+    assert result["frames"] == 3 * result["rows"]
+    for s in scores.values():
+        assert 0 <= s["within_1"] <= s["found"] <= 1
+    assert scores["`ground_edge`"]["within_1"] > scores["`row_profile` strongest horizontal edge"]["within_1"]
+    assert "`ground_edge`" in to_markdown(result)
+
+
+def test_data_of_another_seed_is_refused_with_what_to_do(drivesim_data):
+    ids = [p.name.split("_")[0] for p in (drivesim_data / "images").iterdir()][:3]
+    assert set(scene_indices(ids, SEED, "train").values()) <= set(range(6))
+    with pytest.raises(HorizonBenchError, match="pass the --seed"):
+        scene_indices(["0" * 32], SEED, "train")
