@@ -5,8 +5,8 @@ horizon `fy * tan(pitch)` below the principal point. drivesim knows where its ca
 (the pitch of the road under the car plus the drive's camera-mount pitch), so on its data each
 horizon estimator of `features/image_stats.py` can be scored against the true row, frame by
 frame: how often it finds a row, how well it follows the true one, how often it is within one
-row of it. The scenes are simulated again from their IDs (`md5("drivesim:<seed>:<split>:<i>")`,
-no frames rendered); the pipeline itself never reads any of this.
+row of it. The scenes are simulated again from their IDs (`drivesim.scene.SceneJob.scene_id`, no
+frames rendered); the pipeline itself never reads any of this.
 
     python -m benchmarks.bench_horizon --data data/demo --readme README.md
 """
@@ -14,13 +14,11 @@ no frames rendered); the pipeline itself never reads any of this.
 from __future__ import annotations
 
 import argparse
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.readme_table import update_readme_table
+from benchmarks.readme_table import print_and_write
 from features.image_stats import colour_row_stats, edge_peak_rows, grey, ground_edge_rows
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, load_config
@@ -38,9 +36,11 @@ class HorizonBenchError(ArtifactError):
 
 def scene_indices(scene_ids: list[str], seed: int, split: str) -> dict[str, int]:
     """drivesim scene index of every scene ID, or a HorizonBenchError naming one that is not."""
+    from drivesim.scene import SceneJob
+
     wanted, found = set(scene_ids), {}
     for i in range(MAX_INDEX):
-        sid = hashlib.md5(f"drivesim:{seed}:{split}:{i}".encode()).hexdigest()
+        sid = SceneJob(seed, split, i).scene_id
         if sid in wanted:
             found[sid] = i
             if len(found) == len(wanted):
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marker", default="horizon")
     args = parser.parse_args(argv)
     result = run(args.config, args.data, args.seed, args.split)
-    markdown = to_markdown(result)
-    print(markdown)
-    if args.readme:
-        update_readme_table(Path(args.readme), args.marker, markdown)
+    print_and_write(result, to_markdown(result), args.readme, args.marker)
     return 0
 
 
