@@ -54,7 +54,8 @@ class TrafficLightConfig(StrictModel):
 
 
 ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation",
-                         "colour_rows", "vertical_shift", "row_colours", "ground_edge"]
+                         "colour_rows", "vertical_shift", "row_colours", "ground_edge",
+                         "vanishing_point"]
 
 
 class ImageStatsConfig(StrictModel):

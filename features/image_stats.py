@@ -37,10 +37,21 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
 - `ground_edge`: per frame, the top edge of the ground: the lowest row in the upper part of the
   frame where nearly the whole width changes colour from the row above. The far ground meets
   the sky or the skyline along the whole width at the horizon, while the edges of objects above
-  it and of the road below it span only part of it. Where the road ahead rises, the crest hides
+  it and of the road below it span only part of it (where no row spans 90% of the width, the
+  lowest spanning half of it: a close car or truck across the horizon). Where the road ahead rises, the crest hides
   the horizon and the edge is the crest's (which is what the height ahead depends on). The row
   is where the camera's pitch to gravity shows: fy * tan(pitch) below the principal point.
   Missing (NaN) where no row qualifies, e.g. the horizon above the frame.
+- `vanishing_point`: per frame, the point where the road's straight edges meet (lane lines, road
+  edges and kerbs run into the distance at a slant; the horizon, car bodies and poles, horizontal
+  or vertical, are left out): Canny edges and probabilistic Hough segments on the frame upscaled
+  4x (sub-pixel lines), then the point nearest all of them, robustly weighted. Its row is where
+  the road's own plane meets the sky, fy * tan(the camera's pitch to the road) below the
+  principal point, while the ground's top edge sits at the pitch to gravity: their difference is
+  the grade. The camera's mount pitch is in both, so the scene's median vanishing row calibrates
+  it (`img_vanishing_row_scene_median`) and, with `ground_edge` on, each frame's ground edge minus
+  it is the grade proxy (`img_ground_edge_minus_vanishing_*`). Missing where fewer than two
+  slanted segments are found.
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -75,6 +86,7 @@ from trajstack.image_cache import (
 from trajstack.logs import get_logger
 from trajstack.physics import telemetry_column, travelled_distance
 from trajstack.spec import DatasetSpec
+from trajstack.tables import scene_and_time
 
 logger = get_logger(__name__)
 
@@ -258,14 +270,17 @@ def row_colour_stats(frames: np.ndarray, share: float = 0.625) -> dict[str, np.n
 
 
 def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
-                     min_step: float = 0.05, min_width: float = 0.9) -> np.ndarray:
+                     min_step: float = 0.05, min_width: float = 0.9,
+                     fallback_width: float | None = None) -> np.ndarray:
     """(n, frames) the lowest row in the upper `share` of each frame where at least `min_width`
     of the `block`-pixel-wide column blocks change colour by more than `min_step` (Euclidean,
-    0-1 RGB) from the row above; NaN where no row does.
+    0-1 RGB) from the row above; where no row does, the lowest where `fallback_width` of them do
+    (None: no fallback); NaN where none.
 
     frames : uint8 (n, frames, H, W, C).
     Blocks average the sensor noise out of the step; the width condition keeps out the edges of
-    poles, cars and the road, which span part of the frame only.
+    poles, cars and the road, which span part of the frame only. The fallback finds the horizon
+    behind a close car or truck, at some risk of a lower wide edge.
     """
     x = frames.astype(np.float32) / 255.0
     n, n_frames, h, w, c = x.shape
@@ -274,21 +289,100 @@ def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
     x = x[:, :, :upper, : blocks * block].reshape(n, n_frames, upper, blocks, -1, c).mean(axis=4)
     step = np.zeros((n, n_frames, upper, blocks), np.float32)
     step[:, :, 1:] = np.linalg.norm(x[:, :, 1:] - x[:, :, :-1], axis=-1)
-    wide = (step > min_step).mean(axis=-1) >= min_width                 # (n, F, rows)
-    lowest = np.where(wide, np.arange(upper)[None, None], -1).max(axis=-1).astype(np.float32)
+    width = (step > min_step).mean(axis=-1)                              # (n, F, rows)
+    lowest = np.where(width >= min_width, np.arange(upper)[None, None], -1).max(axis=-1)
+    if fallback_width is not None:
+        loose = np.where(width >= fallback_width, np.arange(upper)[None, None], -1).max(axis=-1)
+        lowest = np.where(lowest >= 0, lowest, loose)
     return np.where(lowest >= 0, lowest, np.nan).astype(np.float32)
 
 
 def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """The ground's top edge per frame (`ground_edge_rows`), its median over the frames and how it
+    """The ground's top edge per frame (`ground_edge_rows`, falling back to half the width), its median over the frames and how it
     moved from the oldest frame to the frame at t (the pitch change). frames : uint8 (n, F, H, W, C)."""
-    rows = ground_edge_rows(frames)
+    rows = ground_edge_rows(frames, fallback_width=0.5)
     out = {f"ground_edge_row_f{f}": rows[:, f] for f in range(rows.shape[1])}
     found = np.isfinite(rows).any(axis=1)
     out["ground_edge_row_median"] = np.where(
         found, np.nanmedian(np.where(found[:, None], rows, 0.0), axis=1), np.nan)
     out["ground_edge_row_change"] = rows[:, -1] - rows[:, 0]
     return out
+
+
+def vanishing_point(frame: np.ndarray, below: float = 0.28, upscale: int = 4, min_slope: float = 0.15,
+                    max_slope: float = 3.0, reweights: int = 5) -> tuple[float, float]:
+    """(row, column) nearest every slanted straight edge below the upper `below` of one uint8 RGB
+    (H, W, 3) frame, in pixels (0.5 is a pixel's centre); NaN, NaN with fewer than two.
+
+    Canny and probabilistic Hough run on the grey frame upscaled `upscale` times, so a segment's
+    position and slope come out below a pixel. Segments steeper than `max_slope` (poles, car
+    sides) or flatter than `min_slope` (the horizon, car bodies) rows per column are left out.
+    The point minimises the length-weighted squared distances to the segments' lines, refitted
+    `reweights` times with Cauchy weights (scale 1 px) so a stray segment does not pull it.
+    """
+    import cv2  # optional heavy import, only where the statistic is computed
+
+    h, w = frame.shape[:2]
+    grey_up = cv2.resize(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY),
+                         (w * upscale, h * upscale), interpolation=cv2.INTER_LINEAR)
+    edges = cv2.Canny(grey_up, 30, 90)
+    edges[: int(h * below * upscale)] = 0
+    found = cv2.HoughLinesP(edges, 1, np.pi / 180, 20, minLineLength=16, maxLineGap=4)
+    if found is None:
+        return float("nan"), float("nan")
+    seg = (found.reshape(-1, 4).astype(np.float64) + 0.5) / upscale       # x0, y0, x1, y1
+    dx, dy = seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]
+    length = np.hypot(dx, dy)
+    slope = np.abs(dy) / np.maximum(np.abs(dx), 1e-9)
+    slanted = (slope > min_slope) & (slope < max_slope)
+    if slanted.sum() < 2:
+        return float("nan"), float("nan")
+    seg, dx, dy, length = seg[slanted], dx[slanted], dy[slanted], length[slanted]
+    nx, ny = -dy / length, dx / length                                    # unit normals
+    offset = nx * seg[:, 0] + ny * seg[:, 1]
+    weight = length
+    for _ in range(reweights):
+        a = np.array([[np.sum(weight * nx * nx), np.sum(weight * nx * ny)],
+                      [np.sum(weight * nx * ny), np.sum(weight * ny * ny)]])
+        if np.linalg.det(a) < 1e-6 * np.trace(a) ** 2:                    # all segments parallel
+            return float("nan"), float("nan")
+        col, row = np.linalg.solve(a, [np.sum(weight * nx * offset), np.sum(weight * ny * offset)])
+        weight = length / (1.0 + (nx * col + ny * row - offset) ** 2)
+    return float(row), float(col)
+
+
+def vanishing_point_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """`vanishing_point` of every frame (row and column) and the median row over the frames.
+    frames : uint8 (n, F, H, W, C)."""
+    n, n_frames = frames.shape[:2]
+    points = np.array([[vanishing_point(frames[i, f]) for f in range(n_frames)] for i in range(n)],
+                      dtype=np.float64).reshape(n, n_frames, 2)
+    out = {f"vanishing_row_f{f}": points[:, f, 0] for f in range(n_frames)}
+    out |= {f"vanishing_col_f{f}": points[:, f, 1] for f in range(n_frames)}
+    rows = points[..., 0]
+    found = np.isfinite(rows).any(axis=1)
+    out["vanishing_row_median"] = np.where(
+        found, np.nanmedian(np.where(found[:, None], rows, 0.0), axis=1), np.nan)
+    return out
+
+
+def vanishing_scene_stats(stats: pd.DataFrame, table: pd.DataFrame, spec: DatasetSpec,
+                          n_frames: int, ground_edge: bool) -> pd.DataFrame:
+    """The scene's median vanishing row (the camera's pitch to the road, mount included, from all
+    of the scene's frames: one frame's lines can mislead) and, with `ground_edge`, each frame's
+    ground edge minus it: the pitch to gravity less the pitch to the road, i.e. the grade.
+    stats : one split's image statistics in `table`'s row order."""
+    scenes, _ = scene_and_time(table[spec.id_column], spec)
+    per_row = pd.Series(stats["img_vanishing_row_median"].to_numpy(np.float64))
+    scene_row = per_row.groupby(np.asarray(scenes)).transform("median").to_numpy()
+    out = {"img_vanishing_row_scene_median": scene_row}
+    if ground_edge:
+        for f in range(n_frames):
+            out[f"img_ground_edge_minus_vanishing_f{f}"] = (
+                stats[f"img_ground_edge_row_f{f}"].to_numpy(np.float64) - scene_row)
+        out["img_ground_edge_minus_vanishing_median"] = (
+            stats["img_ground_edge_row_median"].to_numpy(np.float64) - scene_row)
+    return pd.DataFrame({k: v.astype(np.float32) for k, v in out.items()})
 
 
 def profile_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
@@ -444,6 +538,8 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= row_colour_stats(frames)
         elif group == "ground_edge":
             out |= ground_edge_stats(frames)
+        elif group == "vanishing_point":  # the scene part is added by `split_statistics`
+            out |= vanishing_point_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`
             out |= {f"edge_peak_row_f{f}": r for f, r in enumerate(edge_peak_rows(g).T)}
         else:
@@ -501,6 +597,9 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
         stats = pd.concat([stats, geometry], axis=1)
         if "horizon" in group_columns:
             group_columns["horizon"] += list(geometry.columns)
+    if "vanishing_point" in options.groups:  # whole scenes: after the chunks are joined
+        stats = pd.concat([stats, vanishing_scene_stats(stats, table, spec, len(spec.frames),
+                                                        "ground_edge" in options.groups)], axis=1)
     stats = pd.concat([id_frame(table, spec), stats], axis=1)
     if not group_columns:
         return stats

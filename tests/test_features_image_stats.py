@@ -139,11 +139,78 @@ def test_ground_edge_is_the_top_of_the_ground_and_follows_it_across_frames():
     assert stats["img_ground_edge_row_median"] == 17 and stats["img_ground_edge_row_change"] == 7
 
 
+def test_ground_edge_falls_back_to_half_the_width_behind_a_close_truck():
+    frame = _ground_scene(15)
+    frame[5:30, 20:70] = (40, 40, 45)                  # a truck over 40% of the horizon
+    frames = np.stack([frame] * 3)[None]
+    assert image_statistics(frames, ["ground_edge"], (4, 4), 16).iloc[0]["img_ground_edge_row_f2"] == 15
+    strict = image_stats.ground_edge_rows(frames, fallback_width=None)
+    assert np.isnan(strict).all()                      # 90% of the width: not found
+
+
 def test_ground_edge_is_missing_where_no_row_spans_the_frame():
     flat = np.full((1, 3, 64, 128, 3), 120, np.uint8)
     flat[..., 30:, 60:70, :] = 20                      # a post: an edge over a few columns only
     stats = image_statistics(flat, ["ground_edge"], (4, 4), 16).iloc[0]
     assert stats.isna().all() and len(stats) == 5
+
+
+def _road_scene(row, col, seed=0):
+    """Sky above row 12 with a skyline block, ground below, a pole and a car body, and four lane
+    lines and road edges that meet at (row, col): the road's vanishing point, sensor noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frame = np.empty((64, 128, 3), np.float64)
+    frame[:12] = (90, 140, 230)
+    frame[6:12, 10:50] = (60, 70, 80)                  # skyline: horizontal and vertical edges
+    frame[12:] = (80, 85, 80)
+    frame[20:64, 110:113] = 20                         # a pole: vertical
+    frame[24:32, 40:60] = (200, 30, 30)                # a car body: a box
+    up = 8                                             # anti-aliased lines, drawn 8x finer
+    big = cv2.resize(frame, (128 * up, 64 * up), interpolation=cv2.INTER_NEAREST)
+    for spread, colour in ((-1.3, (230, 230, 230)), (1.6, (230, 200, 40)), (-3.0, (120, 120, 120)),
+                           (2.8, (230, 230, 230))):    # columns per row below the vanishing row
+        top, bottom = row + 8, 64.0
+        start = (col + spread * (top - row), top)
+        end = (col + spread * (bottom - row), bottom)
+        cv2.line(big, tuple(int(round(v * up)) for v in start), tuple(int(round(v * up)) for v in end),
+                 colour, thickness=up, lineType=cv2.LINE_AA)
+    frame = cv2.resize(big, (128, 64), interpolation=cv2.INTER_AREA)
+    return np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+
+
+def test_vanishing_point_is_where_the_slanted_lines_meet_despite_poles_cars_and_horizon():
+    points = ((14.0, 70.0), (16.5, 60.0), (19.0, 75.5))  # the camera pitching up, the road bending
+    frames = np.stack([_road_scene(r, c, seed=i) for i, (r, c) in enumerate(points)])[None]
+    stats = image_statistics(frames, ["vanishing_point"], (4, 4), 16).iloc[0]
+    for f, (row, col) in enumerate(points):
+        assert abs(stats[f"img_vanishing_row_f{f}"] - row) < 0.5
+        assert abs(stats[f"img_vanishing_col_f{f}"] - col) < 1.0
+    assert abs(stats["img_vanishing_row_median"] - 16.5) < 0.5
+
+
+def test_vanishing_point_is_missing_without_slanted_lines():
+    frame = np.full((1, 3, 64, 128, 3), 120, np.uint8)
+    frame[..., :14, :, :] = 200                        # a horizon
+    frame[..., 20:, 60:63, :] = 20                     # a pole
+    stats = image_statistics(frame, ["vanishing_point"], (4, 4), 16).iloc[0]
+    assert stats.isna().all() and len(stats) == 7
+
+
+def test_vanishing_scene_stats_calibrate_the_ground_edge_with_the_scenes_median_row():
+    spec = load_config("demo").dataset
+    a, b = "a" * 32, "b" * 32                          # two scenes
+    table = pd.DataFrame({"ID": [f"{a}_10", f"{a}_20", f"{a}_30", f"{b}_10"]})
+    stats = pd.DataFrame({"img_vanishing_row_median": [12.0, 14.0, np.nan, 20.0],
+                          **{f"img_ground_edge_row_f{f}": [15.0 + f, 16.0, np.nan, 18.0] for f in range(3)},
+                          "img_ground_edge_row_median": [16.0, 16.0, 17.0, np.nan]})
+    out = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3, ground_edge=True)
+    np.testing.assert_allclose(out["img_vanishing_row_scene_median"], [13, 13, 13, 20])
+    np.testing.assert_allclose(out["img_ground_edge_minus_vanishing_f2"], [4, 3, np.nan, -2])
+    np.testing.assert_allclose(out["img_ground_edge_minus_vanishing_median"], [3, 3, 4, np.nan])
+    alone = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3, ground_edge=False)
+    assert list(alone.columns) == ["img_vanishing_row_scene_median"]
 
 
 def test_horizon_pitch_and_height_change_follow_the_horizon_row():
@@ -201,10 +268,12 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
     assert values.shape[1] > 200 and not np.isinf(values).any()
-    # Only the ground edge may be missing (no row spans the frame); every other value is finite.
+    # Only the ground edge (no row spans the frame) and the vanishing point (no slanted lines) may
+    # be missing; every other value is finite.
+    may_miss = {c for c in table.feature_columns if "ground_edge" in c or "vanishing" in c}
     for split in (table.train, table.test):
         missing = split[table.feature_columns].isna().any()
-        assert set(missing[missing].index) <= {c for c in table.feature_columns if "ground_edge" in c}
+        assert set(missing[missing].index) <= may_miss
     assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
     # Workers and chunking do not change a value.
     serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group, NO_DEVIATION))
