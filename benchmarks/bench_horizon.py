@@ -17,9 +17,17 @@ import argparse
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.readme_table import print_and_write
-from features.image_stats import colour_row_stats, edge_peak_rows, grey, ground_edge_rows
+from features.image_stats import (
+    colour_row_stats,
+    edge_peak_rows,
+    grey,
+    ground_edge_rows,
+    median_over_frames,
+    vanishing_point_stats,
+)
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, load_config
 from trajstack.image_cache import build_or_open_cache
@@ -51,8 +59,10 @@ def scene_indices(scene_ids: list[str], seed: int, split: str) -> dict[str, int]
         f"scene of seed {seed}: this benchmark needs drivesim data; pass the --seed it was made with")
 
 
-def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> np.ndarray:
-    """(rows, frames) the row of the gravity horizon in each frame of `ids`, as drivesim drew it."""
+def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, frames) the row of the gravity horizon in each frame of `ids`, as drivesim drew it,
+    and (rows,) the mount row: where the camera's mount pitch alone puts it (`cy + fy tan(mount
+    pitch)`), i.e. where a level road's own lines meet."""
     from drivesim.render import frame_camera
     from drivesim.scene import DT, SceneJob, simulate_chunk, world_arrays
 
@@ -61,6 +71,8 @@ def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> np.
     index = scene_indices(sorted(set(scenes)), seed, split)
     jobs = sorted({index[s] for s in scenes})
     rows: dict[str, list[float]] = {}
+    mount: dict[str, float] = {}
+    fy, cy = spec.camera.K[1][1], spec.camera.K[1][2]
     for start in range(0, len(jobs), SIM_CHUNK):
         chunk = [SceneJob(seed, split, i) for i in jobs[start:start + SIM_CHUNK]]
         for run in simulate_chunk(chunk, spec.horizons_s):
@@ -74,11 +86,12 @@ def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> np.
                                           spec.image_height)
                     out.append(camera.horizon_row)
                 rows[f"{run.job.scene_id}_{ds}"] = out
+                mount[f"{run.job.scene_id}_{ds}"] = cy + fy * np.tan(run.world.look.pitch_offset)
     missing = [i for i in ids if i not in rows]
     if missing:
         raise HorizonBenchError(f"row {missing[0]} is not a row drivesim keeps for its scene: "
                                 "this benchmark needs unmodified drivesim data")
-    return np.array([rows[i] for i in ids], dtype=float)
+    return np.array([rows[i] for i in ids], dtype=float), np.array([mount[i] for i in ids], dtype=float)
 
 
 def estimated_rows(frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,6 +122,23 @@ def score(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "within_1_of_found": float((error[found] <= 1.0).mean()) if found.any() else float("nan")}
 
 
+def mount_scores(vanishing_rows: np.ndarray, mount: np.ndarray, scenes: np.ndarray) -> dict[str, dict[str, float]]:
+    """How well the vanishing row reads the camera's mount pitch, one frame and the scene's median
+    (`img_vanishing_row_scene_median`): share found, correlation with the mount row, share within
+    1 row of it once the estimator's median offset is taken off (a constant offset costs a GBDT
+    nothing)."""
+    scene_median = pd.Series(median_over_frames(vanishing_rows)).groupby(scenes).transform("median").to_numpy()
+    out = {}
+    for name, est, truth in (("one frame", vanishing_rows.ravel(), np.repeat(mount, vanishing_rows.shape[1])),
+                             ("the scene's median", scene_median, mount)):
+        found = np.isfinite(est)
+        error = est[found] - truth[found]
+        out[name] = {"found": float(found.mean()),
+                     "corr": float(np.corrcoef(est[found], truth[found])[0, 1]),
+                     "within_1": float((np.abs(error - np.median(error)) <= 1.0).mean())}
+    return out
+
+
 def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, split: str = "train") -> dict[str, Any]:
     """Score every horizon estimator on every frame of `split` (frames pooled)."""
     cfg = load_config(config, [f"data_dir={data_dir}"])
@@ -116,15 +146,21 @@ def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, split:
     if spec.camera is None:
         raise HorizonBenchError(f"{config} has no dataset.camera: no horizon row to score")
     ids = read_table(data_dir, spec, split)[spec.id_column].astype(str).tolist()
-    truth = true_horizon_rows(cfg, ids, split, seed)
+    truth, mount = true_horizon_rows(cfg, ids, split, seed)
     cache = build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers)
     positions = cache.positions(ids)
-    parts = [estimated_rows(np.asarray(cache.images[positions[s:s + STATS_CHUNK]]))
-             for s in range(0, len(ids), STATS_CHUNK)]
+    chunks = [np.asarray(cache.images[positions[s:s + STATS_CHUNK]]) for s in range(0, len(ids), STATS_CHUNK)]
+    parts = [estimated_rows(frames) for frames in chunks]
     estimates = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    n_frames = len(spec.frames)
+    vanishing = np.concatenate([np.stack([v[f"vanishing_row_f{f}"] for f in range(n_frames)], axis=1)
+                                for v in map(vanishing_point_stats, chunks)])
+    scenes, _ = scene_and_time(ids, spec)
     return {"data_dir": data_dir, "split": split, "rows": len(ids), "frames": int(truth.size),
-            "true_row_std": float(truth.std()),
-            "estimators": {name: score(est, truth) for name, est in estimates.items()}}
+            "scenes": len(set(scenes)), "true_row_std": float(truth.std()),
+            "mount_row_std": float(mount.std()),
+            "estimators": {name: score(est, truth) for name, est in estimates.items()},
+            "mount": mount_scores(vanishing, mount, scenes)}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -138,6 +174,13 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"deviation is {result['true_row_std']:.1f} rows (one row is 1 / fy of pitch). "
               "`python -m benchmarks.bench_horizon --data "
               f"{result['data_dir']}`."]
+    lines += ["", "| `vanishing_point` row against the mount row | found | corr. with the mount row | "
+              "within 1 row of it (median offset off) |", "|---|---|---|---|"]
+    for name, s in result["mount"].items():
+        lines.append(f"| {name} | {s['found']:.0%} | {s['corr']:.2f} | {s['within_1']:.0%} |")
+    lines += ["", f"The mount row is where the camera's mount pitch alone puts the horizon (a level "
+              f"road's lines meet there); its standard deviation is {result['mount_row_std']:.1f} "
+              f"rows over the {result['scenes']:,} scenes."]
     return "\n".join(lines)
 
 

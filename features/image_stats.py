@@ -269,9 +269,16 @@ def row_colour_stats(frames: np.ndarray, share: float = 0.625) -> dict[str, np.n
     return out
 
 
+def median_over_frames(values: np.ndarray) -> np.ndarray:
+    """(n, frames) -> (n,) median of each row's found (finite) values; NaN where none is found,
+    without numpy's all-NaN warning on every such row."""
+    found = np.isfinite(values).any(axis=1)
+    return np.where(found, np.nanmedian(np.where(found[:, None], values, 0.0), axis=1), np.nan)
+
+
 def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
                      min_step: float = 0.05, min_width: float = 0.9,
-                     fallback_width: float | None = None) -> np.ndarray:
+                     fallback_width: float | None = 0.5) -> np.ndarray:
     """(n, frames) the lowest row in the upper `share` of each frame where at least `min_width`
     of the `block`-pixel-wide column blocks change colour by more than `min_step` (Euclidean,
     0-1 RGB) from the row above; where no row does, the lowest where `fallback_width` of them do
@@ -300,11 +307,9 @@ def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
 def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """The ground's top edge per frame (`ground_edge_rows`, falling back to half the width), its median over the frames and how it
     moved from the oldest frame to the frame at t (the pitch change). frames : uint8 (n, F, H, W, C)."""
-    rows = ground_edge_rows(frames, fallback_width=0.5)
+    rows = ground_edge_rows(frames)
     out = {f"ground_edge_row_f{f}": rows[:, f] for f in range(rows.shape[1])}
-    found = np.isfinite(rows).any(axis=1)
-    out["ground_edge_row_median"] = np.where(
-        found, np.nanmedian(np.where(found[:, None], rows, 0.0), axis=1), np.nan)
+    out["ground_edge_row_median"] = median_over_frames(rows)
     out["ground_edge_row_change"] = rows[:, -1] - rows[:, 0]
     return out
 
@@ -359,10 +364,7 @@ def vanishing_point_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
                       dtype=np.float64).reshape(n, n_frames, 2)
     out = {f"vanishing_row_f{f}": points[:, f, 0] for f in range(n_frames)}
     out |= {f"vanishing_col_f{f}": points[:, f, 1] for f in range(n_frames)}
-    rows = points[..., 0]
-    found = np.isfinite(rows).any(axis=1)
-    out["vanishing_row_median"] = np.where(
-        found, np.nanmedian(np.where(found[:, None], rows, 0.0), axis=1), np.nan)
+    out["vanishing_row_median"] = median_over_frames(points[..., 0])
     return out
 
 

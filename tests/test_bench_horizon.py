@@ -31,8 +31,12 @@ def test_true_horizon_row_is_where_the_frame_turns_from_sky_to_ground(drivesim_d
     cfg = _cfg(drivesim_data, tmp_path)
     spec = cfg.dataset
     ids = read_table(drivesim_data, spec, "train")[spec.id_column].astype(str).tolist()
-    truth = true_horizon_rows(cfg, ids, "train", SEED)
-    assert truth.shape == (len(ids), len(spec.frames))
+    truth, mount = true_horizon_rows(cfg, ids, "train", SEED)
+    assert truth.shape == (len(ids), len(spec.frames)) and mount.shape == (len(ids),)
+    # The mount row is the drive's: one value per scene, a few rows from the principal point.
+    scenes = [i.split("_")[0] for i in ids]
+    assert all(len(set(mount[np.array(scenes) == s])) == 1 for s in set(scenes))
+    assert np.abs(mount - spec.camera.K[1][2]).max() < 0.05 * spec.camera.K[1][1]
     cache = build_or_open_cache(cfg.data_dir, spec, "train", cfg.cache_dir, 1)
     frames = np.asarray(cache.images[cache.positions(ids)]).astype(float)
     # Rows above the horizon are sky or skyline, rows below ground: the frame's column-median colour
@@ -58,6 +62,10 @@ def test_estimators_are_scored_and_the_ground_edge_leads(drivesim_data, tmp_path
         assert 0 <= s["within_1"] <= s["found"] <= 1
     assert scores["`ground_edge`"]["within_1"] > scores["`row_profile` strongest horizontal edge"]["within_1"]
     assert "`ground_edge`" in to_markdown(result)
+    mount = result["mount"]
+    assert set(mount) == {"one frame", "the scene's median"}
+    assert all(0 <= m["within_1"] <= 1 and 0 < m["found"] <= 1 for m in mount.values())
+    assert "mount row" in to_markdown(result)
 
 
 def test_data_of_another_seed_is_refused_with_what_to_do(drivesim_data):
