@@ -96,6 +96,14 @@ def _horizon(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _z_limits(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_z_limits
+
+    result = bench_z_limits.run(args.config, args.data)
+    result["markdown"] = bench_z_limits.to_markdown(result)
+    return result
+
+
 def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_pipeline
 
@@ -126,6 +134,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
     "vlm": ("VLM extractor speed, tiny random Qwen2-VL (CPU)", _vlm),
     # Only when named (BENCH=horizon): drivesim data of seed 0 (it simulates the scenes again).
     "horizon": ("horizon-row estimators against drivesim's true horizon row", _horizon),
+    # Only when named (BENCH=z_limits): the same, and four z-only stage-2 fits (minutes).
+    "z_limits": ("z-only stage 2 given drivesim's true horizon / mount rows: what holds z back", _z_limits),
     # Last: it reuses the pipeline's runs, and it stops with a message on data without
     # oracle/camera_state.csv (drivesim v1) after the others have written their tables.
     "ladder": ("telemetry-only stage 2 -> stack -> perception oracle, share captured", _ladder),
@@ -136,7 +146,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]
 
 
 # Benchmarks run only when `--only` names them (long, or needing data the demo does not make).
-ON_REQUEST = ("stage2_full", "ladder_full", "horizon")
+ON_REQUEST = ("stage2_full", "ladder_full", "horizon", "z_limits")
 
 
 def to_markdown(title: str, result: dict[str, Any]) -> str:

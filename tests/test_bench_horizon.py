@@ -73,3 +73,25 @@ def test_data_of_another_seed_is_refused_with_what_to_do(drivesim_data):
     assert set(scene_indices(ids, SEED, "train").values()) <= set(range(6))
     with pytest.raises(HorizonBenchError, match="pass the --seed"):
         scene_indices(["0" * 32], SEED, "train")
+
+
+def test_z_limits_scores_the_table_alone_and_with_each_true_column(drivesim_data, tmp_path, monkeypatch):
+    from benchmarks import bench_z_limits
+
+    # Taking the mount pitch out: a mount level with the principal point changes nothing, and a
+    # horizon just where the mount alone puts it is a level road's, at cy.
+    cy, fy = 11.76, 224.8
+    horizon = np.array([[cy, cy + 5.0]])
+    np.testing.assert_allclose(bench_z_limits._level_rows((horizon, np.array([cy])), cy, fy), horizon)
+    mount = cy + fy * np.tan(0.01)
+    np.testing.assert_allclose(bench_z_limits._level_rows((np.array([[mount]]), np.array([mount])), cy, fy),
+                               [[cy]], atol=1e-9)
+    monkeypatch.chdir(tmp_path)
+    result = bench_z_limits.run("demo", str(drivesim_data), seed=SEED, overrides=[
+        f"output_dir={tmp_path}", "folds.n_splits=2", "cache.workers=1", "stage2.n_jobs=1",
+        "features.image_stats.progress=false", "stage2.early_stopping_rounds=5",
+        "stage2.params.lightgbm={n_estimators: 20, num_leaves: 4, min_child_samples: 3}"])
+    assert list(result["rows"]) == list(bench_z_limits.EXTRA)
+    for row in result["rows"].values():
+        assert 0 < row["cv"] < 5 and 0 < row["test"] < 5
+    assert "true horizon row less the mount pitch" in bench_z_limits.to_markdown(result)

@@ -1,0 +1,113 @@
+"""What holds z back (drivesim data only): LightGBM on the z targets of the config's stage-2 table
+without stage 1, alone and given some of drivesim's true camera values as extra columns.
+
+The grade reaches the frames through the camera's pitch to gravity, which puts the horizon
+`fy * tan(pitch)` below the principal point; that pitch is the road's plus the camera's mount
+pitch, different in every drive. Each row of the table adds one true value to the same features
+and folds, so the gain says how much a perfect estimator of it would be worth: the true horizon
+row (what `ground_edge` estimates), the mount row (where the mount pitch alone puts the horizon,
+what the scene's median vanishing row estimates), and the horizon row with the mount pitch taken
+out (the grade itself). The true values come from simulating the scenes again from their IDs
+(`benchmarks.bench_horizon.true_horizon_rows`); the pipeline never reads any of this, and none
+of these columns is a feature anywhere else.
+
+    python -m benchmarks.bench_z_limits --data data/demo --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.bench_horizon import true_horizon_rows
+from benchmarks.readme_table import print_and_write
+from ensembling.oracle import test_score
+from stage2_gbdt.params import learner_params
+from stage2_gbdt.train import fit_learner, prepare
+from trajstack.config import load_config
+
+Truth = tuple[np.ndarray, np.ndarray]  # (rows, frames) horizon rows, (rows,) mount rows
+
+
+def _level_rows(truth: Truth, cy: float, fy: float) -> np.ndarray:
+    """The horizon rows with the mount pitch taken out: where the grade alone puts the horizon."""
+    horizon, mount = truth
+    pitch = np.arctan((horizon - cy) / fy) - np.arctan((mount[:, None] - cy) / fy)
+    return cy + fy * np.tan(pitch)
+
+
+# Extra columns of each row of the table, from the truth of a split.
+EXTRA: dict[str, Callable[[Truth, float, float], dict[str, np.ndarray]]] = {
+    "the stage-2 table alone": lambda t, cy, fy: {},
+    "+ the true horizon row": lambda t, cy, fy: {f"true_horizon_f{f}": t[0][:, f] for f in range(t[0].shape[1])},
+    "+ the true mount row": lambda t, cy, fy: {"true_mount": t[1]},
+    "+ the true horizon row less the mount pitch": lambda t, cy, fy: {
+        f"true_level_f{f}": r for f, r in enumerate(_level_rows(t, cy, fy).T)},
+}
+
+
+def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, learner: str = "lightgbm",
+        overrides: list[str] | None = None) -> dict[str, Any]:
+    """z CV and test MAE of `learner` without stage 1, alone and with each row's true columns."""
+    cfg = load_config(config, [f"data_dir={data_dir}", "features.stage1=false", *(overrides or [])])
+    spec = cfg.dataset
+    cy, fy = spec.camera.K[1][2], spec.camera.K[1][1]
+    data = prepare(cfg)
+    ft = data.features
+    base_train, base_test = ft.train, ft.test
+    truth = {split: true_horizon_rows(cfg, frame[spec.id_column].astype(str).tolist(), split, seed)
+             for split, frame in (("train", base_train), ("test", base_test))}
+    z = [t for t in spec.target_columns if t.startswith("z")]
+    labels = data.labels[z].to_numpy(float)
+    rows = {}
+    for name, extra in EXTRA.items():
+        start = time.perf_counter()
+        ft.train = base_train.assign(**extra(truth["train"], cy, fy))
+        ft.test = base_test.assign(**extra(truth["test"], cy, fy))
+        result = fit_learner(data, learner, learner_params(cfg, learner), targets=z)
+        # test_score wants every target: the z columns filled in, the rest left at zero
+        full = pd.DataFrame(0.0, index=range(len(ft.test)), columns=spec.target_columns)
+        full[z] = result.test
+        report = test_score(cfg.data_dir, ft.test[spec.id_column].to_numpy(), full.to_numpy(), spec)
+        rows[name] = {"cv": float(np.nanmean(np.abs(result.oof - labels))),
+                      "test": None if report is None else float(report["mae_report"]["per_axis"]["z"]),
+                      "seconds": time.perf_counter() - start}
+    ft.train, ft.test = base_train, base_test
+    return {"config": config, "data_dir": data_dir, "learner": learner, "rows": rows,
+            "n_train": len(base_train), "columns": len(ft.feature_columns)}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = ["| LightGBM on the z targets, no stage 1 | z CV MAE | z test MAE |", "|---|---|---|"]
+    for name, row in result["rows"].items():
+        test = "—" if row["test"] is None else f"{row['test']:.4f}"
+        lines.append(f"| {name} | {row['cv']:.4f} | {test} |")
+    lines += ["", f"{result['learner']} on the {result['columns']} stage-2 columns of `{result['config']}` "
+              f"without stage 1, on the {result['n_train']:,} train rows of `{result['data_dir']}` (same "
+              "folds for every row); the true columns are drivesim's, simulated again from the scene IDs. "
+              f"`python -m benchmarks.bench_z_limits --data {result['data_dir']}`."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_z_limits", description=__doc__)
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--seed", type=int, default=0, help="the drivesim seed the data was made with")
+    parser.add_argument("--learner", default="lightgbm")
+    parser.add_argument("--readme", default=None)
+    parser.add_argument("--marker", default="z_limits")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = parser.parse_args(argv)
+    result = run(args.config, args.data, args.seed, args.learner, args.overrides)
+    print_and_write(result, to_markdown(result), args.readme, args.marker)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
