@@ -38,9 +38,10 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   frame where nearly the whole width changes colour from the row above. The far ground meets
   the sky or the skyline along the whole width at the horizon, while the edges of objects above
   it and of the road below it span only part of it (where no row spans 90% of the width, the
-  lowest spanning half of it: a close car or truck across the horizon). Where the road ahead rises, the crest hides
-  the horizon and the edge is the crest's (which is what the height ahead depends on). The row
-  is where the camera's pitch to gravity shows: fy * tan(pitch) below the principal point.
+  lowest spanning half of it: a close car or truck across the horizon). Where the road ahead
+  rises, the crest hides the horizon and the edge is the crest's (which is what the height ahead
+  depends on). The row is where the camera's pitch to gravity shows: fy * tan(pitch) below the
+  principal point.
   Missing (NaN) where no row qualifies, e.g. the horizon above the frame.
 - `vanishing_point`: per frame, the point where the road's straight edges meet (lane lines, road
   edges and kerbs run into the distance at a slant; the horizon, car bodies and poles, horizontal
@@ -305,8 +306,9 @@ def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
 
 
 def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """The ground's top edge per frame (`ground_edge_rows`, falling back to half the width), its median over the frames and how it
-    moved from the oldest frame to the frame at t (the pitch change). frames : uint8 (n, F, H, W, C)."""
+    """The ground's top edge per frame (`ground_edge_rows`, falling back to half the width), its
+    median over the frames and how it moved from the oldest frame to the frame at t (the pitch
+    change). frames : uint8 (n, F, H, W, C)."""
     rows = ground_edge_rows(frames)
     out = {f"ground_edge_row_f{f}": rows[:, f] for f in range(rows.shape[1])}
     out["ground_edge_row_median"] = median_over_frames(rows)
