@@ -17,7 +17,6 @@ import argparse
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from benchmarks.readme_table import print_and_write
 from features.image_stats import (
@@ -26,6 +25,7 @@ from features.image_stats import (
     grey,
     ground_edge_rows,
     median_over_frames,
+    scene_vanishing_rows,
     vanishing_point_stats,
 )
 from trajstack.artifacts import ArtifactError
@@ -127,7 +127,7 @@ def mount_scores(vanishing_rows: np.ndarray, mount: np.ndarray, scenes: np.ndarr
     (`img_vanishing_row_scene_median`): share found, correlation with the mount row, share within
     1 row of it once the estimator's median offset is taken off (a constant offset costs a GBDT
     nothing)."""
-    scene_median = pd.Series(median_over_frames(vanishing_rows)).groupby(scenes).transform("median").to_numpy()
+    scene_median = scene_vanishing_rows(median_over_frames(vanishing_rows), scenes)
     out = {}
     for name, est, truth in (("one frame", vanishing_rows.ravel(), np.repeat(mount, vanishing_rows.shape[1])),
                              ("the scene's median", scene_median, mount)):

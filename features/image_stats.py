@@ -370,6 +370,12 @@ def vanishing_point_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def scene_vanishing_rows(row_medians: np.ndarray, scenes: np.ndarray) -> np.ndarray:
+    """(rows,) the median over each row's scene of the rows' median vanishing rows: the camera's
+    pitch to the road, mount included (`img_vanishing_row_scene_median`)."""
+    return pd.Series(row_medians, dtype=np.float64).groupby(np.asarray(scenes)).transform("median").to_numpy()
+
+
 def vanishing_scene_stats(stats: pd.DataFrame, table: pd.DataFrame, spec: DatasetSpec,
                           n_frames: int, ground_edge: bool) -> pd.DataFrame:
     """The scene's median vanishing row (the camera's pitch to the road, mount included, from all
@@ -377,8 +383,7 @@ def vanishing_scene_stats(stats: pd.DataFrame, table: pd.DataFrame, spec: Datase
     ground edge minus it: the pitch to gravity less the pitch to the road, i.e. the grade.
     stats : one split's image statistics in `table`'s row order."""
     scenes, _ = scene_and_time(table[spec.id_column], spec)
-    per_row = pd.Series(stats["img_vanishing_row_median"].to_numpy(np.float64))
-    scene_row = per_row.groupby(np.asarray(scenes)).transform("median").to_numpy()
+    scene_row = scene_vanishing_rows(stats["img_vanishing_row_median"].to_numpy(np.float64), scenes)
     out = {"img_vanishing_row_scene_median": scene_row}
     if ground_edge:
         for f in range(n_frames):
