@@ -22,11 +22,13 @@ from benchmarks.readme_table import print_and_write
 from features.image_stats import (
     colour_row_stats,
     edge_peak_rows,
+    edge_width_profile,
     grey,
     ground_edge_rows,
     median_over_frames,
     scene_vanishing_rows,
     vanishing_point_stats,
+    wide_edge_stats,
 )
 from trajstack.artifacts import ArtifactError
 from trajstack.config import Config, load_config
@@ -96,19 +98,33 @@ def true_horizon_rows(cfg: Config, ids: list[str], split: str, seed: int) -> tup
 
 def estimated_rows(frames: np.ndarray) -> dict[str, np.ndarray]:
     """(rows, frames) horizon-row estimates of each image statistic for uint8 (n, F, H, W, C)."""
-    colour = colour_row_stats(frames)
+    colour, wide = colour_row_stats(frames), wide_edge_stats(frames)
     n_frames = frames.shape[1]
 
-    def per_frame(name: str) -> np.ndarray:
-        return np.stack([colour[f"colour_{name}_row_f{f}"] for f in range(n_frames)], axis=1)
+    def per_frame(stats: dict[str, np.ndarray], name: str) -> np.ndarray:
+        return np.stack([stats[f"{name}_f{f}"] for f in range(n_frames)], axis=1)
 
     return {
         "`ground_edge`": ground_edge_rows(frames),
+        "`wide_edges` lowest of the widest": per_frame(wide, "wide_edge_lowest_row"),
+        "`wide_edges` highest of the widest": per_frame(wide, "wide_edge_highest_row"),
         "`row_profile` strongest horizontal edge": edge_peak_rows(grey(frames)),
-        "`colour_rows` best two-region split": per_frame("split"),
-        "`colour_rows` topmost strong step": per_frame("top_step"),
-        "`colour_rows` row-mean step": per_frame("mean_step"),
+        "`colour_rows` best two-region split": per_frame(colour, "colour_split_row"),
+        "`colour_rows` topmost strong step": per_frame(colour, "colour_top_step_row"),
+        "`colour_rows` row-mean step": per_frame(colour, "colour_mean_step_row"),
     }
+
+
+def horizon_shows(frames: np.ndarray, truth: np.ndarray, span: float = 0.5) -> np.ndarray:
+    """(n, F) bool: whether an edge spanning at least `span` of the width lies within a row of the
+    true horizon row, i.e. whether the horizon shows at all (a rise ahead hides it behind the
+    ground)."""
+    width = edge_width_profile(frames)
+    first = np.ceil(truth - 0.5).astype(int)   # the first row below the horizon
+    near = [np.take_along_axis(width, np.clip(first + d, 0, width.shape[-1] - 1)[..., None], -1)[..., 0]
+            for d in (-1, 0, 1)]
+    inside = (first >= 0) & (first < width.shape[-1])
+    return inside & (np.max(near, axis=0) >= span)
 
 
 def score(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -151,6 +167,8 @@ def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, split:
     positions = cache.positions(ids)
     chunks = [np.asarray(cache.images[positions[s:s + STATS_CHUNK]]) for s in range(0, len(ids), STATS_CHUNK)]
     parts = [estimated_rows(frames) for frames in chunks]
+    visible = np.concatenate([horizon_shows(frames, truth[s * STATS_CHUNK:(s + 1) * STATS_CHUNK])
+                              for s, frames in enumerate(chunks)])
     estimates = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     n_frames = len(spec.frames)
     vanishing = np.concatenate([np.stack([v[f"vanishing_row_f{f}"] for f in range(n_frames)], axis=1)
@@ -158,7 +176,7 @@ def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, split:
     scenes, _ = scene_and_time(ids, spec)
     return {"data_dir": data_dir, "split": split, "rows": len(ids), "frames": int(truth.size),
             "scenes": len(set(scenes)), "true_row_std": float(truth.std()),
-            "mount_row_std": float(mount.std()),
+            "mount_row_std": float(mount.std()), "visible": float(visible.mean()),
             "estimators": {name: score(est, truth) for name, est in estimates.items()},
             "mount": mount_scores(vanishing, mount, scenes)}
 
@@ -171,7 +189,9 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"{s['within_1_of_found']:.0%} |")
     lines += ["", f"{result['frames']:,} frames of the {result['rows']:,} {result['split']} rows of "
               f"`{result['data_dir']}` (the three frames of each row pooled); the true row's standard "
-              f"deviation is {result['true_row_std']:.1f} rows (one row is 1 / fy of pitch). "
+              f"deviation is {result['true_row_std']:.1f} rows (one row is 1 / fy of pitch). In "
+              f"{result['visible']:.0%} of them an edge spanning half the width lies within a row of "
+              "the true one; in the rest a rise ahead or a close vehicle hides the horizon. "
               "`python -m benchmarks.bench_horizon --data "
               f"{result['data_dir']}`."]
     lines += ["", "| `vanishing_point` row against the mount row | found | corr. with the mount row | "

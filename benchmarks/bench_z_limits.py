@@ -5,7 +5,9 @@ The grade reaches the frames through the camera's pitch to gravity, which puts t
 `fy * tan(pitch)` below the principal point; that pitch is the road's plus the camera's mount
 pitch, different in every drive. Each row of the table adds one true value to the same features
 and folds, so the gain says how much a perfect estimator of it would be worth: the true horizon
-row (what `ground_edge` estimates), the mount row (where the mount pitch alone puts the horizon,
+row (what `ground_edge` estimates), the same only where the horizon shows as a wide edge (what a
+perfect reader of the ground's edge could give: a rise ahead or a close vehicle hides it in the
+other frames), the mount row (where the mount pitch alone puts the horizon,
 what the scene's median vanishing row estimates), and the horizon row with the mount pitch taken
 out (the grade itself). The true values come from simulating the scenes again from their IDs
 (`benchmarks.bench_horizon.true_horizon_rows`); the pipeline never reads any of this, and none
@@ -19,36 +21,72 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_horizon import true_horizon_rows
+from benchmarks.bench_horizon import STATS_CHUNK, horizon_shows, true_horizon_rows
 from benchmarks.readme_table import print_and_write
 from ensembling.oracle import test_score
 from stage2_gbdt.params import learner_params
 from stage2_gbdt.train import fit_learner, prepare
-from trajstack.config import load_config
+from trajstack.artifacts import ArtifactError
+from trajstack.config import Config, load_config
+from trajstack.image_cache import build_or_open_cache
 
-Truth = tuple[np.ndarray, np.ndarray]  # (rows, frames) horizon rows, (rows,) mount rows
+
+@dataclass
+class Truth:
+    """One split's true values (drivesim's) beside what the table read of them."""
+
+    horizon: np.ndarray      # (rows, frames) the true horizon rows
+    mount: np.ndarray        # (rows,) where the mount pitch alone puts the horizon
+    shows: np.ndarray        # (rows, frames) bool: an edge spans half the width at the true row
+    ground_edge: np.ndarray  # (rows, frames) the table's `ground_edge` rows
 
 
 def _level_rows(truth: Truth, cy: float, fy: float) -> np.ndarray:
     """The horizon rows with the mount pitch taken out: where the grade alone puts the horizon."""
-    horizon, mount = truth
-    pitch = np.arctan((horizon - cy) / fy) - np.arctan((mount[:, None] - cy) / fy)
+    pitch = np.arctan((truth.horizon - cy) / fy) - np.arctan((truth.mount[:, None] - cy) / fy)
     return cy + fy * np.tan(pitch)
 
 
-# Extra columns of each row of the table, from the truth of a split.
+def _per_frame(name: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"{name}_f{f}": rows[:, f] for f in range(rows.shape[1])}
+
+
+# Extra columns of each row of the table, from the truth of a split. "Where it shows" is what a
+# perfect reader of the ground's top edge could give: the true row where the horizon shows as a
+# wide edge, the table's ground edge where a rise ahead or a close vehicle hides it.
 EXTRA: dict[str, Callable[[Truth, float, float], dict[str, np.ndarray]]] = {
     "the stage-2 table alone": lambda t, cy, fy: {},
-    "+ the true horizon row": lambda t, cy, fy: {f"true_horizon_f{f}": t[0][:, f] for f in range(t[0].shape[1])},
-    "+ the true mount row": lambda t, cy, fy: {"true_mount": t[1]},
-    "+ the true horizon row less the mount pitch": lambda t, cy, fy: {
-        f"true_level_f{f}": r for f, r in enumerate(_level_rows(t, cy, fy).T)},
+    "+ the true horizon row": lambda t, cy, fy: _per_frame("true_horizon", t.horizon),
+    "+ the true horizon row where it shows, the ground edge elsewhere": lambda t, cy, fy: _per_frame(
+        "true_horizon_shown", np.where(t.shows, t.horizon, t.ground_edge)),
+    "+ the true mount row": lambda t, cy, fy: {"true_mount": t.mount},
+    "+ the true horizon row less the mount pitch": lambda t, cy, fy: _per_frame(
+        "true_level", _level_rows(t, cy, fy)),
 }
+
+
+def _truth(cfg: Config, frame: pd.DataFrame, split: str, seed: int) -> Truth:
+    """The split's true horizon and mount rows, where the horizon shows, and the table's ground
+    edge (the table must have `ground_edge` on)."""
+    spec = cfg.dataset
+    ids = frame[spec.id_column].astype(str).tolist()
+    horizon, mount = true_horizon_rows(cfg, ids, split, seed)
+    cache = build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers)
+    positions = cache.positions(ids)
+    shows = np.concatenate([
+        horizon_shows(np.asarray(cache.images[positions[s:s + STATS_CHUNK]]), horizon[s:s + STATS_CHUNK])
+        for s in range(0, len(ids), STATS_CHUNK)]) if ids else np.zeros(horizon.shape, bool)
+    columns = [f"img_ground_edge_row_f{f}" for f in range(len(spec.frames))]
+    if not set(columns) <= set(frame.columns):
+        raise ArtifactError(f"the stage-2 table of {cfg.experiment} has no {columns[0]}: put "
+                            "ground_edge in features.image_stats.groups")
+    return Truth(horizon, mount, shows, frame[columns].to_numpy(float))
 
 
 def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, learner: str = "lightgbm",
@@ -60,8 +98,7 @@ def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, learne
     data = prepare(cfg)
     ft = data.features
     base_train, base_test = ft.train, ft.test
-    truth = {split: true_horizon_rows(cfg, frame[spec.id_column].astype(str).tolist(), split, seed)
-             for split, frame in (("train", base_train), ("test", base_test))}
+    truth = {split: _truth(cfg, frame, split, seed) for split, frame in (("train", base_train), ("test", base_test))}
     z = [t for t in spec.target_columns if t.startswith("z")]
     labels = data.labels[z].to_numpy(float)
     rows = {}
@@ -79,7 +116,8 @@ def run(config: str = "demo", data_dir: str = "data/demo", seed: int = 0, learne
                       "seconds": time.perf_counter() - start}
     ft.train, ft.test = base_train, base_test
     return {"config": config, "data_dir": data_dir, "learner": learner, "rows": rows,
-            "n_train": len(base_train), "columns": len(ft.feature_columns)}
+            "n_train": len(base_train), "columns": len(ft.feature_columns),
+            "shows": float(truth["train"].shows.mean())}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -90,6 +128,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", f"{result['learner']} on the {result['columns']} stage-2 columns of `{result['config']}` "
               f"without stage 1, on the {result['n_train']:,} train rows of `{result['data_dir']}` (same "
               "folds for every row); the true columns are drivesim's, simulated again from the scene IDs. "
+              f"The horizon shows as an edge spanning half the width in {result['shows']:.0%} of the train "
+              "frames. "
               f"`python -m benchmarks.bench_z_limits --data {result['data_dir']}`."]
     return "\n".join(lines)
 

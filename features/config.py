@@ -55,7 +55,7 @@ class TrafficLightConfig(StrictModel):
 
 ImageStatGroup = Literal["flow", "similarity", "regions", "row_profile", "horizon", "orientation",
                          "colour_rows", "vertical_shift", "row_colours", "ground_edge",
-                         "vanishing_point"]
+                         "wide_edges", "vanishing_point", "vanishing_bands"]
 
 
 class ImageStatsConfig(StrictModel):

@@ -43,6 +43,12 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   depends on). The row is where the camera's pitch to gravity shows: fy * tan(pitch) below the
   principal point.
   Missing (NaN) where no row qualifies, e.g. the horizon above the frame.
+- `wide_edges`: per frame, the candidates for the horizon that `ground_edge`'s single rule may
+  miss: the lowest and the highest of the rows whose edge spans (within 0.05) the most of the
+  width, that share, and how many rows span half of it. A crossing road or a long car body below
+  the horizon is also a wide edge, and the lowest one is then below the horizon; the widest is
+  more often the horizon itself, and the count says when there was a choice. With
+  `vanishing_point` on, the lowest and highest rows also come minus the scene's vanishing row.
 - `vanishing_point`: per frame, the point where the road's straight edges meet (lane lines, road
   edges and kerbs run into the distance at a slant; the horizon, car bodies and poles, horizontal
   or vertical, are left out): Canny edges and probabilistic Hough segments on the frame upscaled
@@ -50,9 +56,13 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
   the road's own plane meets the sky, fy * tan(the camera's pitch to the road) below the
   principal point, while the ground's top edge sits at the pitch to gravity: their difference is
   the grade. The camera's mount pitch is in both, so the scene's median vanishing row calibrates
-  it (`img_vanishing_row_scene_median`) and, with `ground_edge` on, each frame's ground edge minus
-  it is the grade proxy (`img_ground_edge_minus_vanishing_*`). Missing where fewer than two
-  slanted segments are found.
+  it (`img_vanishing_row_scene_median`) and, with `ground_edge` (`wide_edges`) on, each frame's
+  ground edge (widest edges) minus it is the grade proxy (`img_ground_edge_minus_vanishing_*`).
+  Missing where fewer than two slanted segments are found.
+- `vanishing_bands`: the same point from the far road's edges alone and from the near road's
+  (`FAR_ROAD`, `NEAR_ROAD`), and far minus near: on an even grade they coincide, and where the
+  grade changes ahead the far edges bend away (up for a rise, down for a dip). With
+  `vanishing_point` on, both also come minus the scene's vanishing row.
 - `orientation`: per grid cell, the dominant edge orientation (structure tensor) and the
   column centroid of edge energy per band: where the road's edges lean, hence where it bends.
 
@@ -277,18 +287,14 @@ def median_over_frames(values: np.ndarray) -> np.ndarray:
     return np.where(found, np.nanmedian(np.where(found[:, None], values, 0.0), axis=1), np.nan)
 
 
-def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
-                     min_step: float = 0.05, min_width: float = 0.9,
-                     fallback_width: float | None = 0.5) -> np.ndarray:
-    """(n, frames) the lowest row in the upper `share` of each frame where at least `min_width`
-    of the `block`-pixel-wide column blocks change colour by more than `min_step` (Euclidean,
-    0-1 RGB) from the row above; where no row does, the lowest where `fallback_width` of them do
-    (None: no fallback); NaN where none.
+def edge_width_profile(frames: np.ndarray, share: float = 0.625, block: int = 4,
+                       min_step: float = 0.05) -> np.ndarray:
+    """(n, frames, rows) per row of the upper `share` of each frame, the share of its
+    `block`-pixel-wide column blocks whose colour changes by more than `min_step` (Euclidean,
+    0-1 RGB) from the row above (0 for the top row): how much of the width an edge at that row
+    spans. frames : uint8 (n, frames, H, W, C).
 
-    frames : uint8 (n, frames, H, W, C).
-    Blocks average the sensor noise out of the step; the width condition keeps out the edges of
-    poles, cars and the road, which span part of the frame only. The fallback finds the horizon
-    behind a close car or truck, at some risk of a lower wide edge.
+    Blocks average the sensor noise out of the step.
     """
     x = frames.astype(np.float32) / 255.0
     n, n_frames, h, w, c = x.shape
@@ -297,12 +303,60 @@ def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
     x = x[:, :, :upper, : blocks * block].reshape(n, n_frames, upper, blocks, -1, c).mean(axis=4)
     step = np.zeros((n, n_frames, upper, blocks), np.float32)
     step[:, :, 1:] = np.linalg.norm(x[:, :, 1:] - x[:, :, :-1], axis=-1)
-    width = (step > min_step).mean(axis=-1)                              # (n, F, rows)
-    lowest = np.where(width >= min_width, np.arange(upper)[None, None], -1).max(axis=-1)
+    return (step > min_step).mean(axis=-1)
+
+
+def lowest_row(mask: np.ndarray) -> np.ndarray:
+    """(..., rows) bool -> (...) the last True row; NaN where none."""
+    rows = np.where(mask, np.arange(mask.shape[-1]), -1).max(axis=-1)
+    return np.where(rows >= 0, rows, np.nan).astype(np.float32)
+
+
+def ground_edge_rows(frames: np.ndarray, share: float = 0.625, block: int = 4,
+                     min_step: float = 0.05, min_width: float = 0.9,
+                     fallback_width: float | None = 0.5) -> np.ndarray:
+    """(n, frames) the lowest row in the upper `share` of each frame where at least `min_width`
+    of the `block`-pixel-wide column blocks change colour by more than `min_step` from the row
+    above (`edge_width_profile`); where no row does, the lowest where `fallback_width` of them do
+    (None: no fallback); NaN where none.
+
+    frames : uint8 (n, frames, H, W, C).
+    The width condition keeps out the edges of poles, cars and the road, which span part of the
+    frame only. The fallback finds the horizon behind a close car or truck, at some risk of a
+    lower wide edge.
+    """
+    width = edge_width_profile(frames, share, block, min_step)
+    lowest = lowest_row(width >= min_width)
     if fallback_width is not None:
-        loose = np.where(width >= fallback_width, np.arange(upper)[None, None], -1).max(axis=-1)
-        lowest = np.where(lowest >= 0, lowest, loose)
-    return np.where(lowest >= 0, lowest, np.nan).astype(np.float32)
+        lowest = np.where(np.isfinite(lowest), lowest, lowest_row(width >= fallback_width))
+    return lowest
+
+
+def wide_edge_stats(frames: np.ndarray, tolerance: float = 0.05, half: float = 0.5
+                    ) -> dict[str, np.ndarray]:
+    """Per frame, the rows of the widest edges in the upper part (`edge_width_profile`): the
+    lowest and the highest row spanning within `tolerance` of the widest's share, that share,
+    and how many rows span at least `half` of the width. frames : uint8 (n, F, H, W, C).
+
+    Where `ground_edge`'s lowest wide row is a crossing road's near edge or a car's body, the
+    widest row is more often the horizon; the highest is the top of a skyline or of a rise ahead;
+    the count says how many candidates there were, so the GBDT can tell which to trust.
+    """
+    width = edge_width_profile(frames)
+    widest = width.max(axis=-1)
+    near_widest = width >= widest[..., None] - tolerance
+    found = widest > 0                                                   # any edge at all
+    lowest = np.where(found, lowest_row(near_widest), np.nan)
+    highest = np.where(found, np.argmax(near_widest, axis=-1), np.nan)
+    out = {}
+    for f in range(width.shape[1]):
+        out[f"wide_edge_lowest_row_f{f}"] = lowest[:, f]
+        out[f"wide_edge_highest_row_f{f}"] = highest[:, f]
+        out[f"wide_edge_share_f{f}"] = widest[:, f]
+        out[f"wide_edge_rows_f{f}"] = (width[:, f] >= half).sum(axis=-1)
+    out["wide_edge_lowest_row_median"] = median_over_frames(lowest)
+    out["wide_edge_highest_row_median"] = median_over_frames(highest)
+    return out
 
 
 def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -316,16 +370,19 @@ def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def vanishing_point(frame: np.ndarray, below: float = 0.28, upscale: int = 4, min_slope: float = 0.15,
-                    max_slope: float = 3.0, reweights: int = 5) -> tuple[float, float]:
-    """(row, column) nearest every slanted straight edge below the upper `below` of one uint8 RGB
-    (H, W, 3) frame, in pixels (0.5 is a pixel's centre); NaN, NaN with fewer than two.
+def vanishing_point(frame: np.ndarray, below: float = 0.28, above: float = 1.0, upscale: int = 4,
+                    min_slope: float = 0.15, max_slope: float = 3.0, min_length: int = 16,
+                    votes: int = 20, reweights: int = 5) -> tuple[float, float]:
+    """(row, column) nearest every slanted straight edge between the upper `below` and the upper
+    `above` of one uint8 RGB (H, W, 3) frame, in pixels (0.5 is a pixel's centre); NaN, NaN with
+    fewer than two.
 
-    Canny and probabilistic Hough run on the grey frame upscaled `upscale` times, so a segment's
-    position and slope come out below a pixel. Segments steeper than `max_slope` (poles, car
-    sides) or flatter than `min_slope` (the horizon, car bodies) rows per column are left out.
-    The point minimises the length-weighted squared distances to the segments' lines, refitted
-    `reweights` times with Cauchy weights (scale 1 px) so a stray segment does not pull it.
+    Canny and probabilistic Hough (segments of at least `min_length` upscaled pixels, `votes`
+    votes) run on the grey frame upscaled `upscale` times, so a segment's position and slope come
+    out below a pixel. Segments steeper than `max_slope` (poles, car sides) or flatter than
+    `min_slope` (the horizon, car bodies) rows per column are left out. The point minimises the
+    length-weighted squared distances to the segments' lines, refitted `reweights` times with
+    Cauchy weights (scale 1 px) so a stray segment does not pull it.
     """
     import cv2  # optional heavy import, only where the statistic is computed
 
@@ -334,7 +391,8 @@ def vanishing_point(frame: np.ndarray, below: float = 0.28, upscale: int = 4, mi
                          (w * upscale, h * upscale), interpolation=cv2.INTER_LINEAR)
     edges = cv2.Canny(grey_up, 30, 90)
     edges[: int(h * below * upscale)] = 0
-    found = cv2.HoughLinesP(edges, 1, np.pi / 180, 20, minLineLength=16, maxLineGap=4)
+    edges[int(h * above * upscale):] = 0
+    found = cv2.HoughLinesP(edges, 1, np.pi / 180, votes, minLineLength=min_length, maxLineGap=4)
     if found is None:
         return float("nan"), float("nan")
     seg = (found.reshape(-1, 4).astype(np.float64) + 0.5) / upscale       # x0, y0, x1, y1
@@ -370,27 +428,64 @@ def vanishing_point_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+# Where `vanishing_bands` splits the road, as shares of the frame's height from the top: the far
+# road (about 15-60 m ahead for a camera whose horizon is near row 12 of 64, as atmaCup's is) and
+# the near road below it. Shorter segments count there (10 upscaled pixels, 12 votes): the far
+# road's edges are short.
+FAR_ROAD, NEAR_ROAD = (0.22, 0.44), (0.44, 1.0)
+
+
+def vanishing_band_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame the vanishing row of the far road's edges and of the near road's (`FAR_ROAD`,
+    `NEAR_ROAD`), the far minus the near, and their medians over the frames.
+    frames : uint8 (n, F, H, W, C).
+
+    On a road of even grade both meet at one point; where the grade changes ahead the far edges
+    bend up (a rise) or down (a dip), so their vanishing row leaves the near one's: the height
+    ahead, beyond what the grade under the car says.
+    """
+    n, n_frames = frames.shape[:2]
+
+    def rows(band: tuple[float, float]) -> np.ndarray:
+        return np.array([[vanishing_point(frames[i, f], below=band[0], above=band[1], min_length=10,
+                                          votes=12)[0] for f in range(n_frames)] for i in range(n)],
+                        dtype=np.float64).reshape(n, n_frames)
+
+    far, near = rows(FAR_ROAD), rows(NEAR_ROAD)
+    out = {}
+    for name, value in (("far", far), ("near", near), ("far_minus_near", far - near)):
+        out |= {f"vanishing_{name}_row_f{f}": value[:, f] for f in range(n_frames)}
+        out[f"vanishing_{name}_row_median"] = median_over_frames(value)
+    return out
+
+
 def scene_vanishing_rows(row_medians: np.ndarray, scenes: np.ndarray) -> np.ndarray:
     """(rows,) the median over each row's scene of the rows' median vanishing rows: the camera's
     pitch to the road, mount included (`img_vanishing_row_scene_median`)."""
     return pd.Series(row_medians, dtype=np.float64).groupby(np.asarray(scenes)).transform("median").to_numpy()
 
 
+# Per-frame row statistics (`img_<name>_f<frame>` and `img_<name>_median`) that
+# `vanishing_scene_stats` differences against the scene's vanishing row, by the group computing them.
+ROWS_BELOW_VANISHING = {"ground_edge": ["ground_edge_row"],
+                        "wide_edges": ["wide_edge_lowest_row", "wide_edge_highest_row"],
+                        "vanishing_bands": ["vanishing_far_row", "vanishing_near_row"]}
+
+
 def vanishing_scene_stats(stats: pd.DataFrame, table: pd.DataFrame, spec: DatasetSpec,
-                          n_frames: int, ground_edge: bool) -> pd.DataFrame:
+                          n_frames: int, groups: list[str]) -> pd.DataFrame:
     """The scene's median vanishing row (the camera's pitch to the road, mount included, from all
-    of the scene's frames: one frame's lines can mislead) and, with `ground_edge`, each frame's
-    ground edge minus it: the pitch to gravity less the pitch to the road, i.e. the grade.
+    of the scene's frames: one frame's lines can mislead) and each horizon-like row of `groups`
+    (`ROWS_BELOW_VANISHING`: the ground's top edge, the widest edges) minus it: the pitch to
+    gravity less the pitch to the road, i.e. the grade (`img_ground_edge_minus_vanishing_f0`...).
     stats : one split's image statistics in `table`'s row order."""
     scenes, _ = scene_and_time(table[spec.id_column], spec)
     scene_row = scene_vanishing_rows(stats["img_vanishing_row_median"].to_numpy(np.float64), scenes)
     out = {"img_vanishing_row_scene_median": scene_row}
-    if ground_edge:
-        for f in range(n_frames):
-            out[f"img_ground_edge_minus_vanishing_f{f}"] = (
-                stats[f"img_ground_edge_row_f{f}"].to_numpy(np.float64) - scene_row)
-        out["img_ground_edge_minus_vanishing_median"] = (
-            stats["img_ground_edge_row_median"].to_numpy(np.float64) - scene_row)
+    for name in (n for group in groups for n in ROWS_BELOW_VANISHING.get(group, [])):
+        below = f"img_{name.removesuffix('_row')}_minus_vanishing"
+        for suffix in [*(f"_f{f}" for f in range(n_frames)), "_median"]:
+            out[below + suffix] = stats[f"img_{name}{suffix}"].to_numpy(np.float64) - scene_row
     return pd.DataFrame({k: v.astype(np.float32) for k, v in out.items()})
 
 
@@ -547,6 +642,10 @@ def image_statistics(frames: np.ndarray, groups: list[str], grid: tuple[int, int
             out |= row_colour_stats(frames)
         elif group == "ground_edge":
             out |= ground_edge_stats(frames)
+        elif group == "wide_edges":
+            out |= wide_edge_stats(frames)
+        elif group == "vanishing_bands":
+            out |= vanishing_band_stats(frames)
         elif group == "vanishing_point":  # the scene part is added by `split_statistics`
             out |= vanishing_point_stats(frames)
         elif group == "horizon":  # the telemetry part is added by `split_statistics`
@@ -608,7 +707,7 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
             group_columns["horizon"] += list(geometry.columns)
     if "vanishing_point" in options.groups:  # whole scenes: after the chunks are joined
         stats = pd.concat([stats, vanishing_scene_stats(stats, table, spec, len(spec.frames),
-                                                        "ground_edge" in options.groups)], axis=1)
+                                                        options.groups)], axis=1)
     stats = pd.concat([id_frame(table, spec), stats], axis=1)
     if not group_columns:
         return stats

@@ -62,6 +62,9 @@ def test_estimators_are_scored_and_the_ground_edge_leads(drivesim_data, tmp_path
         assert 0 <= s["within_1"] <= s["found"] <= 1
     assert scores["`ground_edge`"]["within_1"] > scores["`row_profile` strongest horizontal edge"]["within_1"]
     assert "`ground_edge`" in to_markdown(result)
+    # The horizon shows (an edge spanning half the width within a row of it) in most frames.
+    assert 0.5 < result["visible"] <= 1
+    assert "`wide_edges` lowest of the widest" in scores
     mount = result["mount"]
     assert set(mount) == {"one frame", "the scene's median"}
     assert all(0 <= m["within_1"] <= 1 and 0 < m["found"] <= 1 for m in mount.values())
@@ -81,11 +84,19 @@ def test_z_limits_scores_the_table_alone_and_with_each_true_column(drivesim_data
     # Taking the mount pitch out: a mount level with the principal point changes nothing, and a
     # horizon just where the mount alone puts it is a level road's, at cy.
     cy, fy = 11.76, 224.8
-    horizon = np.array([[cy, cy + 5.0]])
-    np.testing.assert_allclose(bench_z_limits._level_rows((horizon, np.array([cy])), cy, fy), horizon)
+
+    def truth(horizon, mount):
+        return bench_z_limits.Truth(np.array(horizon), np.array(mount), np.ones((1, 2), bool), np.zeros((1, 2)))
+
+    horizon = [[cy, cy + 5.0]]
+    np.testing.assert_allclose(bench_z_limits._level_rows(truth(horizon, [cy]), cy, fy), horizon)
     mount = cy + fy * np.tan(0.01)
-    np.testing.assert_allclose(bench_z_limits._level_rows((np.array([[mount]]), np.array([mount])), cy, fy),
-                               [[cy]], atol=1e-9)
+    np.testing.assert_allclose(bench_z_limits._level_rows(truth([[mount]], [mount]), cy, fy), [[cy]], atol=1e-9)
+    # Where the horizon does not show, the perfect edge reader has only the table's ground edge.
+    hidden = bench_z_limits.Truth(np.array([[12.0, 13.0]]), np.array([12.0]), np.array([[True, False]]),
+                                  np.array([[11.0, 20.0]]))
+    shown = bench_z_limits.EXTRA["+ the true horizon row where it shows, the ground edge elsewhere"](hidden, cy, fy)
+    assert [shown["true_horizon_shown_f0"][0], shown["true_horizon_shown_f1"][0]] == [12.0, 20.0]
     monkeypatch.chdir(tmp_path)
     result = bench_z_limits.run("demo", str(drivesim_data), seed=SEED, overrides=[
         f"output_dir={tmp_path}", "folds.n_splits=2", "cache.workers=1", "stage2.n_jobs=1",
@@ -95,3 +106,4 @@ def test_z_limits_scores_the_table_alone_and_with_each_true_column(drivesim_data
     for row in result["rows"].values():
         assert 0 < row["cv"] < 5 and 0 < row["test"] < 5
     assert "true horizon row less the mount pitch" in bench_z_limits.to_markdown(result)
+    assert 0 < result["shows"] <= 1

@@ -148,6 +148,28 @@ def test_ground_edge_falls_back_to_half_the_width_behind_a_close_truck():
     assert np.isnan(strict).all()                      # 90% of the width: not found
 
 
+def test_wide_edges_list_the_horizon_and_a_crossing_road_below_it():
+    frame = _ground_scene(15)
+    frame[22:26] = (150, 120, 90)                      # a crossing road across the whole width
+    frames = np.stack([frame] * 3)[None]
+    stats = image_statistics(frames, ["ground_edge", "wide_edges"], (4, 4), 16).iloc[0]
+    assert stats["img_ground_edge_row_f2"] == 26       # the lowest wide edge: the road's near side
+    # The crossing road's two sides span the whole width; the horizon, behind the pole and the car,
+    # a little less; the skyline block's top a third of it.
+    assert stats["img_wide_edge_share_f2"] == 1.0
+    assert stats["img_wide_edge_highest_row_f2"] == 22 and stats["img_wide_edge_lowest_row_f2"] == 26
+    assert stats["img_wide_edge_lowest_row_median"] == 26
+    assert stats["img_wide_edge_rows_f2"] == 3         # horizon and both sides of the crossing road
+    loose = image_stats.wide_edge_stats(frames, tolerance=0.1)
+    assert loose["wide_edge_highest_row_f2"][0] == 15  # within 0.1 of the widest: the horizon too
+
+
+def test_wide_edges_are_missing_on_a_frame_without_edges():
+    flat = np.full((1, 3, 64, 128, 3), 120, np.uint8)
+    stats = image_statistics(flat, ["wide_edges"], (4, 4), 16).iloc[0]
+    assert stats.filter(like="_row_").isna().all() and (stats.filter(like="share") == 0).all()
+
+
 def test_ground_edge_is_missing_where_no_row_spans_the_frame():
     flat = np.full((1, 3, 64, 128, 3), 120, np.uint8)
     flat[..., 30:, 60:70, :] = 20                      # a post: an edge over a few columns only
@@ -190,6 +212,39 @@ def test_vanishing_point_is_where_the_slanted_lines_meet_despite_poles_cars_and_
     assert abs(stats["img_vanishing_row_median"] - 16.5) < 0.5
 
 
+def _bent_road_scene(far_row, near_row, col, seed=0):
+    """`_road_scene`'s sky and ground with four lane lines that run towards (near_row, col) up to
+    row 28 and bend there towards (far_row, col): a change of grade ahead."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frame = np.empty((64, 128, 3), np.float64)
+    frame[:12] = (90, 140, 230)
+    frame[12:] = (80, 85, 80)
+    up, bend = 8, 28.0
+    big = cv2.resize(frame, (128 * up, 64 * up), interpolation=cv2.INTER_NEAREST)
+    for spread in (-1.3, 1.6, -3.0, 2.8):              # columns per row below the near vanishing row
+        at_bend = (col + spread * (bend - near_row), bend)
+        far_spread = spread * (bend - near_row) / (bend - far_row)
+        for start, end in (((col + far_spread * (15 - far_row), 15.0), at_bend),
+                           (at_bend, (col + spread * (64 - near_row), 64.0))):
+            cv2.line(big, tuple(int(round(v * up)) for v in start), tuple(int(round(v * up)) for v in end),
+                     (230, 230, 230), thickness=up, lineType=cv2.LINE_AA)
+    frame = cv2.resize(big, (128, 64), interpolation=cv2.INTER_AREA)
+    return np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+
+
+def test_vanishing_bands_tell_the_far_roads_point_from_the_near_roads():
+    bends = ((9.0, 13.0), (13.0, 13.0), (16.0, 13.0))  # a rise ahead, an even grade, a dip
+    frames = np.stack([_bent_road_scene(far, near, 64.0, seed=i) for i, (far, near) in enumerate(bends)])[None]
+    stats = image_statistics(frames, ["vanishing_bands"], (4, 4), 16).iloc[0]
+    for f, (far, near) in enumerate(bends):
+        assert abs(stats[f"img_vanishing_far_row_f{f}"] - far) < 1.0
+        assert abs(stats[f"img_vanishing_near_row_f{f}"] - near) < 0.5
+        assert abs(stats[f"img_vanishing_far_minus_near_row_f{f}"] - (far - near)) < 1.0
+    assert abs(stats["img_vanishing_far_minus_near_row_median"]) < 1.0
+
+
 def test_vanishing_point_is_missing_without_slanted_lines():
     frame = np.full((1, 3, 64, 128, 3), 120, np.uint8)
     frame[..., :14, :, :] = 200                        # a horizon
@@ -205,11 +260,12 @@ def test_vanishing_scene_stats_calibrate_the_ground_edge_with_the_scenes_median_
     stats = pd.DataFrame({"img_vanishing_row_median": [12.0, 14.0, np.nan, 20.0],
                           **{f"img_ground_edge_row_f{f}": [15.0 + f, 16.0, np.nan, 18.0] for f in range(3)},
                           "img_ground_edge_row_median": [16.0, 16.0, 17.0, np.nan]})
-    out = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3, ground_edge=True)
+    out = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3,
+                                           groups=["ground_edge", "vanishing_point"])
     np.testing.assert_allclose(out["img_vanishing_row_scene_median"], [13, 13, 13, 20])
     np.testing.assert_allclose(out["img_ground_edge_minus_vanishing_f2"], [4, 3, np.nan, -2])
     np.testing.assert_allclose(out["img_ground_edge_minus_vanishing_median"], [3, 3, 4, np.nan])
-    alone = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3, ground_edge=False)
+    alone = image_stats.vanishing_scene_stats(stats, table, spec, n_frames=3, groups=["vanishing_point"])
     assert list(alone.columns) == ["img_vanishing_row_scene_median"]
 
 
@@ -268,9 +324,10 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
     assert values.shape[1] > 200 and not np.isinf(values).any()
-    # Only the ground edge (no row spans the frame) and the vanishing point (no slanted lines) may
-    # be missing; every other value is finite.
-    may_miss = {c for c in table.feature_columns if "ground_edge" in c or "vanishing" in c}
+    # Only the ground edge (no row spans the frame), the wide edges (no edge) and the vanishing
+    # point (no slanted lines) may be missing; every other value is finite.
+    may_miss = {c for c in table.feature_columns
+                if any(k in c for k in ("ground_edge", "wide_edge", "vanishing"))}
     for split in (table.train, table.test):
         missing = split[table.feature_columns].isna().any()
         assert set(missing[missing].index) <= may_miss
