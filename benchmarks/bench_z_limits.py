@@ -43,7 +43,7 @@ class Truth:
 
     horizon: np.ndarray      # (rows, frames) the true horizon rows
     mount: np.ndarray        # (rows,) where the mount pitch alone puts the horizon
-    shows: np.ndarray        # (rows, frames) bool: an edge spans half the width at the true row
+    shows: np.ndarray        # (rows, frames) bool: an edge spanning half the width within a row of it
     ground_edge: np.ndarray  # (rows, frames) the table's `ground_edge` rows
 
 
