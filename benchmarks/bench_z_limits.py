@@ -75,6 +75,10 @@ def _truth(cfg: Config, frame: pd.DataFrame, split: str, seed: int) -> Truth:
     """The split's true horizon and mount rows, where the horizon shows, and the table's ground
     edge (the table must have `ground_edge` on)."""
     spec = cfg.dataset
+    columns = [f"img_ground_edge_row_f{f}" for f in range(len(spec.frames))]
+    if not set(columns) <= set(frame.columns):  # before the slow part
+        raise ArtifactError(f"the stage-2 table of {cfg.experiment} has no {columns[0]}: put "
+                            "ground_edge in features.image_stats.groups")
     ids = frame[spec.id_column].astype(str).tolist()
     horizon, mount = true_horizon_rows(cfg, ids, split, seed)
     cache = build_or_open_cache(cfg.data_dir, spec, split, cfg.cache_dir, cfg.cache.workers)
@@ -82,10 +86,6 @@ def _truth(cfg: Config, frame: pd.DataFrame, split: str, seed: int) -> Truth:
     shows = np.concatenate([
         horizon_shows(np.asarray(cache.images[positions[s:s + STATS_CHUNK]]), horizon[s:s + STATS_CHUNK])
         for s in range(0, len(ids), STATS_CHUNK)]) if ids else np.zeros(horizon.shape, bool)
-    columns = [f"img_ground_edge_row_f{f}" for f in range(len(spec.frames))]
-    if not set(columns) <= set(frame.columns):
-        raise ArtifactError(f"the stage-2 table of {cfg.experiment} has no {columns[0]}: put "
-                            "ground_edge in features.image_stats.groups")
     return Truth(horizon, mount, shows, frame[columns].to_numpy(float))
 
 

@@ -2,10 +2,12 @@
 estimator is scored against it, and data that is not drivesim's is refused with what to do."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.bench_horizon import HorizonBenchError, run, scene_indices, to_markdown
 from drivesim.writer import generate
+from trajstack.artifacts import ArtifactError
 from trajstack.config import load_config
 from trajstack.image_cache import build_or_open_cache
 from trajstack.tables import read_table
@@ -97,6 +99,9 @@ def test_z_limits_scores_the_table_alone_and_with_each_true_column(drivesim_data
                                   np.array([[11.0, 20.0]]))
     shown = bench_z_limits.EXTRA["+ the true horizon row where it shows, the ground edge elsewhere"](hidden, cy, fy)
     assert [shown["true_horizon_shown_f0"][0], shown["true_horizon_shown_f1"][0]] == [12.0, 20.0]
+    # A table without the ground edge cannot give the "where it shows" row: said before simulating.
+    with pytest.raises(ArtifactError, match="put ground_edge in features.image_stats.groups"):
+        bench_z_limits._truth(load_config("demo"), pd.DataFrame({"ID": ["a" * 32 + "_10"]}), "train", SEED)
     monkeypatch.chdir(tmp_path)
     result = bench_z_limits.run("demo", str(drivesim_data), seed=SEED, overrides=[
         f"output_dir={tmp_path}", "folds.n_splits=2", "cache.workers=1", "stage2.n_jobs=1",
