@@ -370,29 +370,37 @@ def ground_edge_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def vanishing_point(frame: np.ndarray, below: float = 0.28, above: float = 1.0, upscale: int = 4,
+def edge_map(frame: np.ndarray, upscale: int = 4) -> np.ndarray:
+    """Canny edges of one uint8 RGB (H, W, 3) frame's grey image upscaled `upscale` times, so that
+    the lines fitted to them (`vanishing_point`) come out below a pixel."""
+    import cv2  # optional heavy import, only where the statistic is computed
+
+    h, w = frame.shape[:2]
+    grey_up = cv2.resize(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY),
+                         (w * upscale, h * upscale), interpolation=cv2.INTER_LINEAR)
+    return cv2.Canny(grey_up, 30, 90)
+
+
+def vanishing_point(edges: np.ndarray, below: float = 0.28, above: float = 1.0, upscale: int = 4,
                     min_slope: float = 0.15, max_slope: float = 3.0, min_length: int = 16,
                     votes: int = 20, reweights: int = 5) -> tuple[float, float]:
     """(row, column) nearest every slanted straight edge between the upper `below` and the upper
-    `above` of one uint8 RGB (H, W, 3) frame, in pixels (0.5 is a pixel's centre); NaN, NaN with
-    fewer than two.
+    `above` of a frame, from its `edge_map` (made with the same `upscale`), in the frame's pixels
+    (0.5 is a pixel's centre); NaN, NaN with fewer than two.
 
-    Canny and probabilistic Hough (segments of at least `min_length` upscaled pixels, `votes`
-    votes) run on the grey frame upscaled `upscale` times, so a segment's position and slope come
-    out below a pixel. Segments steeper than `max_slope` (poles, car sides) or flatter than
+    Probabilistic Hough (segments of at least `min_length` upscaled pixels, `votes` votes) finds
+    the straight edges. Segments steeper than `max_slope` (poles, car sides) or flatter than
     `min_slope` (the horizon, car bodies) rows per column are left out. The point minimises the
     length-weighted squared distances to the segments' lines, refitted `reweights` times with
     Cauchy weights (scale 1 px) so a stray segment does not pull it.
     """
     import cv2  # optional heavy import, only where the statistic is computed
 
-    h, w = frame.shape[:2]
-    grey_up = cv2.resize(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY),
-                         (w * upscale, h * upscale), interpolation=cv2.INTER_LINEAR)
-    edges = cv2.Canny(grey_up, 30, 90)
-    edges[: int(h * below * upscale)] = 0
-    edges[int(h * above * upscale):] = 0
-    found = cv2.HoughLinesP(edges, 1, np.pi / 180, votes, minLineLength=min_length, maxLineGap=4)
+    h = edges.shape[0] // upscale
+    top, bottom = int(h * below * upscale), int(h * above * upscale)
+    band = np.zeros_like(edges)
+    band[top:bottom] = edges[top:bottom]
+    found = cv2.HoughLinesP(band, 1, np.pi / 180, votes, minLineLength=min_length, maxLineGap=4)
     if found is None:
         return float("nan"), float("nan")
     seg = (found.reshape(-1, 4).astype(np.float64) + 0.5) / upscale       # x0, y0, x1, y1
@@ -420,7 +428,7 @@ def vanishing_point_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """`vanishing_point` of every frame (row and column) and the median row over the frames.
     frames : uint8 (n, F, H, W, C)."""
     n, n_frames = frames.shape[:2]
-    points = np.array([[vanishing_point(frames[i, f]) for f in range(n_frames)] for i in range(n)],
+    points = np.array([[vanishing_point(edge_map(frames[i, f])) for f in range(n_frames)] for i in range(n)],
                       dtype=np.float64).reshape(n, n_frames, 2)
     out = {f"vanishing_row_f{f}": points[:, f, 0] for f in range(n_frames)}
     out |= {f"vanishing_col_f{f}": points[:, f, 1] for f in range(n_frames)}
@@ -445,13 +453,13 @@ def vanishing_band_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     ahead, beyond what the grade under the car says.
     """
     n, n_frames = frames.shape[:2]
-
-    def rows(band: tuple[float, float]) -> np.ndarray:
-        return np.array([[vanishing_point(frames[i, f], below=band[0], above=band[1], min_length=10,
-                                          votes=12)[0] for f in range(n_frames)] for i in range(n)],
-                        dtype=np.float64).reshape(n, n_frames)
-
-    far, near = rows(FAR_ROAD), rows(NEAR_ROAD)
+    rows = np.full((2, n, n_frames), np.nan)
+    for i in range(n):
+        for f in range(n_frames):
+            edges = edge_map(frames[i, f])  # once for both bands
+            for b, band in enumerate((FAR_ROAD, NEAR_ROAD)):
+                rows[b, i, f] = vanishing_point(edges, below=band[0], above=band[1], min_length=10, votes=12)[0]
+    far, near = rows
     out = {}
     for name, value in (("far", far), ("near", near), ("far_minus_near", far - near)):
         out |= {f"vanishing_{name}_row_f{f}": value[:, f] for f in range(n_frames)}
