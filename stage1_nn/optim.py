@@ -207,4 +207,10 @@ def build_ema(model: nn.Module, cfg: EmaConfig) -> ModelEmaV3 | None:
     """timm's ModelEmaV3 of the (unwrapped) model, or None when disabled."""
     if not cfg.enabled:
         return None
-    return ModelEmaV3(model, decay=cfg.decay, use_warmup=cfg.warmup)
+    ema = ModelEmaV3(model, decay=cfg.decay, use_warmup=cfg.warmup)
+    # The copy splits an LSTM's weights out of cuDNN's one buffer, which cuDNN would then rebuild
+    # at every call (PyTorch warns so on a GPU); the EMA's in-place updates keep it whole after.
+    for module in ema.module.modules():
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()
+    return ema

@@ -470,7 +470,7 @@ def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict
                      if select_loader is not None else None)
         select_mae = choice.offer(epoch, fm.eval_model, selection, targets)
         record = {"fold": fold, "epoch": epoch, **stats, "val_mae": val_mae, "select_mae": select_mae,
-                  "val_seconds": time.perf_counter() - started,
+                  "val_seconds": time.perf_counter() - started, **_peak_memory(env),
                   **{f"lr_{g['name']}": g["lr"] for g in fm.optimizer.param_groups}, "step": step}
         history.append(record)
         shown = f"val MAE {val_mae:.4f}" + (f" select MAE {select_mae:.4f}" if select_mae is not None else "")
@@ -480,6 +480,13 @@ def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict
         _say(env, f"  fold {fold} epoch {epoch}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
                   f"MAE {stats['train_mae']:.4f} | {shown} | {stats['train_rows_per_s']:.0f} rows/s")
     return history, choice.restore(fm.eval_model)
+
+
+def _peak_memory(env: DistEnv) -> dict[str, float]:
+    """The GPU's peak allocated memory so far (GiB), for the epoch's metrics; nothing on CPU."""
+    if env.device.type != "cuda":
+        return {}
+    return {"peak_memory_gib": torch.cuda.max_memory_allocated(env.device) / 2**30}
 
 
 def predict_rows(inputs: FoldInputs, fm: FoldModel, split: str, rows: np.ndarray | None
