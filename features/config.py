@@ -72,16 +72,27 @@ class ImageStatsConfig(StrictModel):
     # its scene (`<column>_minus_scene_mean`): the same drive's other rows calibrate its camera,
     # exposure and scenery, so what is left is what changed at this row.
     scene_deviation: list[ImageStatGroup] = []
+    # Groups (of `groups`) whose columns also come as they are at the scene's neighbouring rows
+    # (`scene_offsets`, -1: the row before; `<column>_prev1`, and the row's value minus it,
+    # `<column>_diff_prev1`): the frame's latest statistics and the medians over its frames, the
+    # older frames' left out. In atmaCup the rows are 10 s apart: the pitch of the camera before
+    # and after says how the grade bends, where the horizon of this row's frame is hidden.
+    scene_neighbours: list[ImageStatGroup] = []
+    scene_offsets: list[int] = [-1, 1]
     # A progress bar while computing (on a terminal); does not change the output.
     progress: bool = True
 
     @model_validator(mode="after")
-    def _scene_deviation_of_computed_groups(self) -> ImageStatsConfig:
-        missing = [g for g in self.scene_deviation if g not in self.groups]
-        if missing:
-            raise ValueError(f"features.image_stats.scene_deviation names {missing}, which are not "
-                             f"in features.image_stats.groups {self.groups}: add them there or "
-                             "drop them here")
+    def _scene_options_of_computed_groups(self) -> ImageStatsConfig:
+        for option in ("scene_deviation", "scene_neighbours"):
+            missing = [g for g in getattr(self, option) if g not in self.groups]
+            if missing:
+                raise ValueError(f"features.image_stats.{option} names {missing}, which are not "
+                                 f"in features.image_stats.groups {self.groups}: add them there "
+                                 "or drop them here")
+        if 0 in self.scene_offsets:
+            raise ValueError("features.image_stats.scene_offsets has 0 (the row itself): use "
+                             "non-zero offsets such as [-1, 1]")
         return self
 
 

@@ -69,7 +69,10 @@ Every statistic here is plain camera geometry, meaningful on any forward-facing 
 `scene_deviation` adds, for the groups it names, each column minus its mean over the row's scene
 (`features.scene_lags.minus_scene_mean`): the same drive's other rows calibrate the camera, its
 exposure and the scenery, leaving what changed at this row (the colours near the horizon as the
-grade changes, rather than the drive's sky and light).
+grade changes, rather than the drive's sky and light). `scene_neighbours` adds, for the groups
+it names, the columns at the scene's neighbouring rows and the row's value minus them
+(`features.scene_lags.scene_neighbours`): where a rise ahead hides this frame's horizon, the
+camera's pitch a row before and after still shows how the grade bends.
 
 Frames are read from the memory-mapped image cache (`trajstack.image_cache`), in chunks of
 rows processed in parallel; the cache key covers the image cache's source fingerprint.
@@ -77,6 +80,7 @@ rows processed in parallel; the cache key covers the image cache's source finger
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -87,7 +91,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.base import BuildContext, id_frame, register_builder
-from features.scene_lags import minus_scene_mean
+from features.scene_lags import minus_scene_mean, scene_neighbours
 from trajstack.image_cache import (
     IMAGES_FILE,
     build_or_open_cache,
@@ -490,11 +494,21 @@ def vanishing_scene_stats(stats: pd.DataFrame, table: pd.DataFrame, spec: Datase
     scenes, _ = scene_and_time(table[spec.id_column], spec)
     scene_row = scene_vanishing_rows(stats["img_vanishing_row_median"].to_numpy(np.float64), scenes)
     out = {"img_vanishing_row_scene_median": scene_row}
-    for name in (n for group in groups for n in ROWS_BELOW_VANISHING.get(group, [])):
+    for group in groups:
+        for row, below in minus_vanishing_columns(group, n_frames).items():
+            out[below] = stats[row].to_numpy(np.float64) - scene_row
+    return pd.DataFrame({k: v.astype(np.float32) for k, v in out.items()})
+
+
+def minus_vanishing_columns(group: str, n_frames: int) -> dict[str, str]:
+    """The row columns of `group` that `vanishing_scene_stats` differences against the scene's
+    vanishing row, each mapped to its difference's column (none for a group without rows)."""
+    out = {}
+    for name in ROWS_BELOW_VANISHING.get(group, []):
         below = f"img_{name.removesuffix('_row')}_minus_vanishing"
         for suffix in [*(f"_f{f}" for f in range(n_frames)), "_median"]:
-            out[below + suffix] = stats[f"img_{name}{suffix}"].to_numpy(np.float64) - scene_row
-    return pd.DataFrame({k: v.astype(np.float32) for k, v in out.items()})
+            out[f"img_{name}{suffix}"] = below + suffix
+    return out
 
 
 def profile_shift(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
@@ -696,7 +710,11 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
                 parts.append(_stats_of_rows(*task))
                 bar.update(len(parts[-1]))
         else:
-            with ProcessPoolExecutor(max_workers=cfg.cache.workers) as pool:
+            # spawn: a forked worker inherits OpenCV's thread pool, which hangs it in
+            # cv2.setNumThreads once this process has run OpenCV itself (the serial path, the group
+            # columns below).
+            with ProcessPoolExecutor(max_workers=cfg.cache.workers,
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
                 for part in pool.map(_stats_of_rows, *zip(*tasks, strict=True)):
                     parts.append(part)
                     bar.update(len(part))
@@ -705,7 +723,7 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
         options.groups, grid, bins)
     group_columns = {group: list(image_statistics(np.zeros((1, *cache.images.shape[1:]), np.uint8),
                                                   [group], grid, bins).columns)
-                     for group in options.scene_deviation}
+                     for group in dict.fromkeys([*options.scene_deviation, *options.scene_neighbours])}
     if "horizon" in options.groups:
         rows = stats[[f"img_edge_peak_row_f{f}" for f in range(len(spec.frames))]].to_numpy(float)
         geometry = pd.DataFrame({f"img_{k}": v.astype(np.float32) for k, v in
@@ -717,11 +735,19 @@ def split_statistics(ctx: BuildContext, split: str) -> pd.DataFrame:
         stats = pd.concat([stats, vanishing_scene_stats(stats, table, spec, len(spec.frames),
                                                         options.groups)], axis=1)
     stats = pd.concat([id_frame(table, spec), stats], axis=1)
-    if not group_columns:
-        return stats
     # After the chunks are joined: a scene's rows may fall in different chunks.
-    deviation = minus_scene_mean(stats, [c for cols in group_columns.values() for c in cols], spec)
-    return pd.concat([stats, deviation], axis=1)
+    parts = [stats]
+    if options.scene_deviation:
+        parts.append(minus_scene_mean(
+            stats, [c for g in options.scene_deviation for c in group_columns[g]], spec))
+    if options.scene_neighbours:
+        vanishing = "vanishing_point" in options.groups  # the rows minus the scene's vanishing row
+        columns = [c for g in options.scene_neighbours for c in [
+            *group_columns[g], *(minus_vanishing_columns(g, len(spec.frames)).values() if vanishing else [])]]
+        older = tuple(f"_f{f}" for f in range(len(spec.frames) - 1))  # the neighbour's latest frame
+        parts.append(scene_neighbours(stats, [c for c in columns if not c.endswith(older)], spec,
+                                      options.scene_offsets))
+    return pd.concat(parts, axis=1)
 
 
 def image_inputs(ctx: BuildContext) -> dict[str, str]:

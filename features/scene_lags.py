@@ -111,6 +111,38 @@ def minus_scene_mean(frame: pd.DataFrame, columns: list[str], spec: DatasetSpec)
     return deviation.rename(columns=lambda c: f"{c}_minus_scene_mean")
 
 
+def scene_neighbours(frame: pd.DataFrame, columns: list[str], spec: DatasetSpec,
+                     offsets: list[int]) -> pd.DataFrame:
+    """Each of `columns` at the row `offset` rows away in the row's scene (sorted by time; -1:
+    the previous row), and the row's own value minus it, for any builder's columns (what
+    `lag_<col>_<prev1>` and `lag_<col>_diff_<prev1>` are for telemetry).
+
+    Parameters
+    ----------
+    frame : one split's rows: the ID column (`spec.id_column`) and `columns`.
+    columns : numeric columns of `frame`.
+    spec : dataset spec (ID column and `id_pattern`, which names the scene and the time).
+    offsets : non-zero row offsets within the scene.
+
+    Returns
+    -------
+    float32 frame, `<column>_<prev1|next1...>` then `<column>_diff_<...>` per offset, in
+    `frame`'s row order and index; NaN where the scene has no row at that offset.
+    """
+    scenes, times = scene_and_time(frame[spec.id_column], spec)
+    order = np.lexsort((times, scenes))
+    values = frame[columns].astype("float32").iloc[order]
+    by_scene = values.groupby(scenes[order], sort=False)
+    parts = []
+    for offset in offsets:
+        name = _offset_name(offset)
+        neighbour = by_scene.shift(-offset).reindex(frame.index)  # back to the frame's row order
+        parts.append(neighbour.rename(columns=lambda c, n=name: f"{c}_{n}"))
+        parts.append((frame[columns].astype("float32") - neighbour)
+                     .rename(columns=lambda c, n=name: f"{c}_diff_{n}"))
+    return pd.concat(parts, axis=1)
+
+
 register_builder(
     "scene_lags", config_of=lambda cfg: cfg.features.scene_lags.model_dump(mode="json")
 )(per_split(scene_lag_features))

@@ -10,7 +10,7 @@ from dataset_factory import make_tiny_dataset
 
 from features.base import BUILDERS, BuildContext
 from features.build import build_features
-from features.scene_lags import minus_scene_mean, scene_lag_features
+from features.scene_lags import minus_scene_mean, scene_lag_features, scene_neighbours
 from features.traffic_lights import light_row
 from trajstack.config import ConfigError, load_config
 from trajstack.physics import physics_baseline, physics_forecasts
@@ -75,6 +75,22 @@ def test_minus_scene_mean_skips_missing_values_and_keeps_row_order():
     assert list(out.index) == [7, 3, 5, 1, 9]
     np.testing.assert_allclose(out["v_minus_scene_mean"], [-0.5, -10.0, 0.5, np.nan, 10.0])
     np.testing.assert_allclose(out["w_minus_scene_mean"], [-2.0, -2.0, 1.0, 1.0, 2.0])
+
+
+def test_scene_neighbours_are_the_scenes_rows_in_time_order_whatever_the_row_order():
+    spec = load_config("demo").dataset
+    a, b = "a" * 32, "b" * 32
+    # Scene a at times 20, 120, 220 (rows 2, 0, 3); scene b at 20, 120 (rows 1, 4).
+    frame = pd.DataFrame({"ID": [f"{a}_120", f"{b}_20", f"{a}_20", f"{a}_220", f"{b}_120"],
+                          "v": [2.0, 10.0, 1.0, 4.0, 30.0]}, index=[7, 3, 5, 1, 9])
+    out = scene_neighbours(frame, ["v"], spec, [-1, 1, 2])
+    assert list(out.columns) == ["v_prev1", "v_diff_prev1", "v_next1", "v_diff_next1",
+                                 "v_next2", "v_diff_next2"]
+    assert list(out.index) == [7, 3, 5, 1, 9]
+    np.testing.assert_allclose(out["v_prev1"], [1.0, np.nan, np.nan, 2.0, 10.0])
+    np.testing.assert_allclose(out["v_next1"], [4.0, 30.0, 2.0, np.nan, np.nan])
+    np.testing.assert_allclose(out["v_diff_next1"], [-2.0, -20.0, -1.0, np.nan, np.nan])
+    np.testing.assert_allclose(out["v_next2"], [np.nan, np.nan, 4.0, np.nan, np.nan])
 
 
 def test_scene_lags_never_cross_the_split(tiny, tmp_path):

@@ -308,7 +308,8 @@ def tiny(tmp_path_factory):
                              n_test_scenes=2, seed=3)
 
 
-NO_DEVIATION = "features.image_stats.scene_deviation=[]"  # the demo's names a group left out
+# The demo's scene options name groups that a test may leave out.
+NO_SCENE_OPTIONS = ("features.image_stats.scene_deviation=[]", "features.image_stats.scene_neighbours=[]")
 
 
 def _cfg(tiny, out, *overrides):
@@ -319,7 +320,7 @@ def _cfg(tiny, out, *overrides):
 
 def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
     every_group = "features.image_stats.groups=[" + ", ".join(get_args(ImageStatGroup)) + "]"
-    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2", every_group, NO_DEVIATION))
+    table = build_features(_cfg(tiny, tmp_path, "cache.workers=2", every_group, *NO_SCENE_OPTIONS))
     assert table.train["ID"].tolist() == pd.read_csv(tiny.table_path("train"))["ID"].tolist()
     assert table.test["ID"].tolist() == pd.read_csv(tiny.table_path("test"))["ID"].tolist()
     values = table.train[table.feature_columns].to_numpy()
@@ -333,7 +334,7 @@ def test_builder_gives_one_finite_row_per_id_in_table_order(tiny, tmp_path):
         assert set(missing[missing].index) <= may_miss
     assert (table.train[table.feature_columns].std() > 0).mean() > 0.9  # rows differ
     # Workers and chunking do not change a value.
-    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group, NO_DEVIATION))
+    serial = build_features(_cfg(tiny, tmp_path / "serial", "cache.workers=1", every_group, *NO_SCENE_OPTIONS))
     pd.testing.assert_frame_equal(table.train, serial.train)
 
 
@@ -343,7 +344,7 @@ def test_cache_key_follows_config_and_frames(tiny, tmp_path):
     build_features(_cfg(tiny, tmp_path, "features.image_stats.progress=true"), log=lines.append)
     assert "built" in lines[0] and "cached" in lines[1]  # progress is not part of the key
     fewer = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[row_profile]",
-                                NO_DEVIATION), log=lines.append)
+                                *NO_SCENE_OPTIONS), log=lines.append)
     assert "built" in lines[2] and fewer.hash != first.hash
     assert all(c.startswith("img_") and ("row" in c) for c in fewer.feature_columns)
     # A frame redrawn: the builder recomputes (its key holds the image cache's fingerprint).
@@ -373,7 +374,7 @@ def test_scene_deviation_is_each_column_minus_its_scene_mean_across_chunks(tiny,
     # Two rows per worker task: every scene of the tiny data (3 rows) spans two tasks.
     monkeypatch.setattr(image_stats, "ROWS_PER_TASK", 2)
     cfg = _cfg(tiny, tmp_path, "cache.workers=2", "features.image_stats.groups=[horizon, row_colours]",
-               "features.image_stats.scene_deviation=[row_colours]")
+               "features.image_stats.scene_deviation=[row_colours]", "features.image_stats.scene_neighbours=[]")
     table = build_features(cfg)
     raw = [c for c in table.feature_columns if c.startswith("img_rowcolour")
            and not c.endswith("_minus_scene_mean")]
@@ -387,14 +388,15 @@ def test_scene_deviation_is_each_column_minus_its_scene_mean_across_chunks(tiny,
         assert (split[deviation].abs().sum() > 0).mean() > 0.5  # the rows of a scene differ
     # The deviation is part of the builder's key.
     without = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[horizon, row_colours]",
-                                  NO_DEVIATION))
+                                  *NO_SCENE_OPTIONS))
     assert without.hash != table.hash and not any(c.endswith("_minus_scene_mean")
                                                   for c in without.feature_columns)
 
 
 def test_scene_deviation_of_the_horizon_group_covers_its_telemetry_columns(tiny, tmp_path):
     table = build_features(_cfg(tiny, tmp_path, "features.image_stats.groups=[horizon]",
-                                "features.image_stats.scene_deviation=[horizon]"))
+                                "features.image_stats.scene_deviation=[horizon]",
+                                "features.image_stats.scene_neighbours=[]"))
     deviation = {c.removesuffix("_minus_scene_mean") for c in table.feature_columns
                  if c.endswith("_minus_scene_mean")}
     assert deviation == {c for c in table.feature_columns if not c.endswith("_minus_scene_mean")}
@@ -404,3 +406,37 @@ def test_scene_deviation_of_the_horizon_group_covers_its_telemetry_columns(tiny,
 def test_scene_deviation_of_a_group_not_computed_is_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match="scene_deviation names \\['row_colours'\\]"):
         _cfg(tiny, tmp_path, "features.image_stats.groups=[horizon]")
+
+
+def test_scene_neighbours_carry_a_groups_latest_rows_from_the_rows_before_and_after(tiny, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(image_stats, "ROWS_PER_TASK", 2)  # every scene spans two worker tasks
+    cfg = _cfg(tiny, tmp_path, "cache.workers=2", *NO_SCENE_OPTIONS,
+               "features.image_stats.groups=[ground_edge, vanishing_point]",
+               "features.image_stats.scene_neighbours=[ground_edge]")
+    table = build_features(cfg)
+    # The ground edge of the frame at t, its median and change, and both minus the scene's
+    # vanishing row; the older frames' (f0, f1) are left out.
+    carried = ["img_ground_edge_row_f2", "img_ground_edge_row_median", "img_ground_edge_row_change",
+               "img_ground_edge_minus_vanishing_f2", "img_ground_edge_minus_vanishing_median"]
+    added = [c for c in table.feature_columns if c.endswith(("_prev1", "_next1"))]
+    assert sorted(added) == sorted(f"{c}_{kind}{n}" for c in carried for kind in ("", "diff_")
+                                   for n in ("prev1", "next1"))
+    for split in (table.train, table.test):
+        scene, time = split["ID"].str.split("_").str[0], split["ID"].str.split("_").str[1].astype(int)
+        ordered = split.assign(scene=scene, time=time).sort_values(["scene", "time"])
+        for column in carried:
+            expected = ordered.groupby("scene")[column].shift(1)
+            np.testing.assert_allclose(ordered[f"{column}_prev1"], expected, atol=1e-6)
+            np.testing.assert_allclose(ordered[f"{column}_diff_next1"],
+                                       ordered[column] - ordered.groupby("scene")[column].shift(-1),
+                                       atol=1e-5)
+        assert split["img_ground_edge_row_f2_prev1"].notna().sum() > 0
+
+
+def test_scene_neighbours_of_a_group_not_computed_or_of_the_row_itself_are_refused(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="scene_neighbours names \\['wide_edges'\\]"):
+        _cfg(tiny, tmp_path, *NO_SCENE_OPTIONS, "features.image_stats.groups=[ground_edge]",
+             "features.image_stats.scene_neighbours=[wide_edges]")
+    with pytest.raises(ConfigError, match="scene_offsets has 0"):
+        _cfg(tiny, tmp_path, "features.image_stats.scene_offsets=[0, 1]")
