@@ -25,7 +25,14 @@ from stage1_nn.distributed import DistEnv
 from stage1_nn.engine import train_one_epoch
 from stage1_nn.model import build_model, create_backbone, input_planes_count
 from stage1_nn.optim import build_ema, build_optimizer, build_scheduler
-from stage1_nn.train import _amp_dtype, _cpu_count, load_data, make_loader, prepare_fold
+from stage1_nn.train import (
+    _amp_dtype,
+    _cpu_count,
+    _peak_memory,
+    load_data,
+    make_loader,
+    prepare_fold,
+)
 from trajstack.config import Config, load_config
 
 TARGET_LOADER_RATIO = 5.0
@@ -79,7 +86,7 @@ def run(cfg: Config, batches: int = 12, warmup: int = 1, device: str = "cpu") ->
         _, step = train_one_epoch(model, cached, optimizer, scheduler, ema, s1, env, amp, step, "warmup")
     stats, _ = train_one_epoch(model, cached, optimizer, scheduler, ema, s1, env, amp, step, "bench")
     train_rps = stats["train_rows_per_s"]
-    peak_gib = torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None
+    peak_gib = _peak_memory(env).get("peak_memory_gib")  # None on CPU
     del model, ema, optimizer
     frame_hw = tuple(cached[0]["images"].shape[-3:-1])  # native (H, W) when no image_size is set
     bare_rps = bare_backbone_rows_per_s(s1, fold.dims(), frame_hw, env.device, round(loader_rows / n),

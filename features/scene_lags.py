@@ -131,15 +131,14 @@ def scene_neighbours(frame: pd.DataFrame, columns: list[str], spec: DatasetSpec,
     """
     scenes, times = scene_and_time(frame[spec.id_column], spec)
     order = np.lexsort((times, scenes))
-    values = frame[columns].astype("float32").iloc[order]
-    by_scene = values.groupby(scenes[order], sort=False)
+    values = frame[columns].astype("float32")
+    by_scene = values.iloc[order].groupby(scenes[order], sort=False)
     parts = []
     for offset in offsets:
         name = _offset_name(offset)
         neighbour = by_scene.shift(-offset).reindex(frame.index)  # back to the frame's row order
         parts.append(neighbour.rename(columns=lambda c, n=name: f"{c}_{n}"))
-        parts.append((frame[columns].astype("float32") - neighbour)
-                     .rename(columns=lambda c, n=name: f"{c}_diff_{n}"))
+        parts.append((values - neighbour).rename(columns=lambda c, n=name: f"{c}_diff_{n}"))
     return pd.concat(parts, axis=1)
 
 
