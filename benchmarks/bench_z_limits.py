@@ -7,9 +7,10 @@ pitch, different in every drive. Each row of the table adds one true value to th
 and folds, so the gain says how much a perfect estimator of it would be worth: the true horizon
 row (what `ground_edge` estimates), the same only where the horizon shows as a wide edge (what a
 perfect reader of the ground's edge could give: a rise ahead or a close vehicle hides it in the
-other frames), the mount row (where the mount pitch alone puts the horizon,
-what the scene's median vanishing row estimates), and the horizon row with the mount pitch taken
-out (the grade itself). The true values come from simulating the scenes again from their IDs
+other frames), both also read to the whole pixel row (what an exact reader of a sharp edge
+could give; the rest is the sub-pixel part), the mount row (where the mount pitch alone puts the
+horizon, what the scene's median vanishing row estimates), and the horizon row with the mount
+pitch taken out (the grade itself). The true values come from simulating the scenes again from their IDs
 (`benchmarks.bench_horizon.true_horizon_rows`); the pipeline never reads any of this, and none
 of these columns is a feature anywhere else.
 
@@ -53,18 +54,29 @@ def _level_rows(truth: Truth, cy: float, fy: float) -> np.ndarray:
     return cy + fy * np.tan(pitch)
 
 
+def _pixel_rows(horizon: np.ndarray) -> np.ndarray:
+    """The first pixel row whose centre lies below each horizon: all a perfect reader of a sharp
+    sky-to-ground edge can read, so the gain of the true row over it is the sub-pixel part."""
+    return np.floor(horizon + 0.5)
+
+
 def _per_frame(name: str, rows: np.ndarray) -> dict[str, np.ndarray]:
     return {f"{name}_f{f}": rows[:, f] for f in range(rows.shape[1])}
 
 
 # Extra columns of each row of the table, from the truth of a split. "Where it shows" is what a
 # perfect reader of the ground's top edge could give: the true row where the horizon shows as a
-# wide edge, the table's ground edge where a rise ahead or a close vehicle hides it.
+# wide edge, the table's ground edge where a rise ahead or a close vehicle hides it. "Pixel row":
+# the same, read to the whole pixel, as an exact edge reader would (the rest is sub-pixel).
 EXTRA: dict[str, Callable[[Truth, float, float], dict[str, np.ndarray]]] = {
     "the stage-2 table alone": lambda t, cy, fy: {},
     "+ the true horizon row": lambda t, cy, fy: _per_frame("true_horizon", t.horizon),
+    "+ the true horizon's pixel row": lambda t, cy, fy: _per_frame(
+        "true_horizon_pixel", _pixel_rows(t.horizon)),
     "+ the true horizon row where it shows, the ground edge elsewhere": lambda t, cy, fy: _per_frame(
         "true_horizon_shown", np.where(t.shows, t.horizon, t.ground_edge)),
+    "+ the true horizon's pixel row where it shows, the ground edge elsewhere": lambda t, cy, fy: _per_frame(
+        "true_horizon_pixel_shown", np.where(t.shows, _pixel_rows(t.horizon), t.ground_edge)),
     "+ the true mount row": lambda t, cy, fy: {"true_mount": t.mount},
     "+ the true horizon row less the mount pitch": lambda t, cy, fy: _per_frame(
         "true_level", _level_rows(t, cy, fy)),

@@ -99,6 +99,14 @@ def test_z_limits_scores_the_table_alone_and_with_each_true_column(drivesim_data
                                   np.array([[11.0, 20.0]]))
     shown = bench_z_limits.EXTRA["+ the true horizon row where it shows, the ground edge elsewhere"](hidden, cy, fy)
     assert [shown["true_horizon_shown_f0"][0], shown["true_horizon_shown_f1"][0]] == [12.0, 20.0]
+    # An exact edge reader reads the first pixel row whose centre lies below the horizon.
+    subpixel = bench_z_limits.Truth(np.array([[12.4, 12.6]]), np.array([12.0]), np.array([[True, False]]),
+                                    np.array([[11.0, 20.0]]))
+    pixel = bench_z_limits.EXTRA["+ the true horizon's pixel row"](subpixel, cy, fy)
+    assert [pixel["true_horizon_pixel_f0"][0], pixel["true_horizon_pixel_f1"][0]] == [12.0, 13.0]
+    pixel_shown = bench_z_limits.EXTRA["+ the true horizon's pixel row where it shows, the ground edge elsewhere"](
+        subpixel, cy, fy)
+    assert [pixel_shown["true_horizon_pixel_shown_f0"][0], pixel_shown["true_horizon_pixel_shown_f1"][0]] == [12.0, 20.0]
     # A table without the ground edge cannot give the "where it shows" row: said before simulating.
     with pytest.raises(ArtifactError, match="put ground_edge in features.image_stats.groups"):
         bench_z_limits._truth(load_config("demo"), pd.DataFrame({"ID": ["a" * 32 + "_10"]}), "train", SEED)
