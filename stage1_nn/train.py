@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import random
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -601,7 +602,7 @@ def fit_folds_in_workers(cfg: Config, folds: list[int], run: Run, workers: int) 
     finished: list[int] = []
     waiting = list(folds)
     with relay_records(records, around=tqdm.external_write_mode), bar, ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_fold_worker, initargs=(threads, records)) as pool:
+            workers, mp_context=context, initializer=_start_fold_worker, initargs=(threads, records, os.getpid())) as pool:
         running: dict[Future, int] = {}
         while running or (waiting and not failures):
             while waiting and not failures and len(running) < workers:
@@ -623,9 +624,25 @@ def fit_folds_in_workers(cfg: Config, folds: list[int], run: Run, workers: int) 
 _WORKER_DATA: dict[str, Stage1Data] = {}  # one load per worker process, reused by its next folds
 
 
-def _start_fold_worker(threads: int, records: Any) -> None:
+def _start_fold_worker(threads: int, records: Any, parent: int | None = None) -> None:
     torch.set_num_threads(threads)
     send_records_to(records)
+    if parent is not None:
+        exit_when_parent_dies(parent)
+
+
+def exit_when_parent_dies(parent: int, interval_s: float = 1.0) -> threading.Thread:
+    """Watch, from a daemon thread, that this process's parent is still `parent`, and exit the
+    process when it is not: a fold worker whose `trajstack stage1` was killed (SIGTERM, a
+    scheduler) would otherwise train on, orphaned, taking the cores for the rest of its fold."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)  # files are written atomically: no half file; a rerun trains the fold again
+
+    watcher = threading.Thread(target=watch, name="exit-when-parent-dies", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _fit_fold_in_worker(cfg: Config, fold: int, run: Run) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -422,3 +423,29 @@ def test_fold_workers_auto_follows_the_threads_and_is_one_on_a_gpu_or_under_ddp(
             train_module.fold_workers(load_config("demo", ["stage1.fold_workers=2"]), env, 5)
     with pytest.raises(ValueError, match="fold_workers"):
         load_config("demo", ["stage1.fold_workers=0"])
+
+
+def _watch_a_parent(parent: int, seconds: float) -> None:
+    """Child process: watch `parent` (every 50 ms) and sleep; exits 0 unless the watch exits it."""
+    train_module.exit_when_parent_dies(parent, interval_s=0.05)
+    time.sleep(seconds)
+
+
+def test_a_fold_worker_exits_when_its_parent_is_gone_and_not_before():
+    # A killed `trajstack stage1` must not leave its spawned fold workers training on: the
+    # watcher exits its process once the parent is no longer the one it started under.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    kept = context.Process(target=_watch_a_parent, args=(os.getpid(), 1.0))
+    orphaned = context.Process(target=_watch_a_parent, args=(-1, 60.0))  # -1: never its parent
+    kept.start(), orphaned.start()
+    try:
+        orphaned.join(timeout=30)
+        kept.join(timeout=30)
+    finally:
+        for process in (kept, orphaned):
+            if process.is_alive():
+                process.kill()
+    assert orphaned.exitcode == 1      # gone within the watch interval, not after its 60 s sleep
+    assert kept.exitcode == 0          # its parent is alive: it slept its second and returned
