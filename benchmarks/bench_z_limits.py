@@ -10,9 +10,9 @@ perfect reader of the ground's edge could give: a rise ahead or a close vehicle 
 other frames), both also read to the whole pixel row (what an exact reader of a sharp edge
 could give; the rest is the sub-pixel part), the mount row (where the mount pitch alone puts the
 horizon, what the scene's median vanishing row estimates), and the horizon row with the mount
-pitch taken out (the grade itself). The true values come from simulating the scenes again from their IDs
-(`benchmarks.bench_horizon.true_horizon_rows`); the pipeline never reads any of this, and none
-of these columns is a feature anywhere else.
+pitch taken out (the grade itself). The true values come from simulating the scenes again from
+their IDs (`benchmarks.bench_horizon.true_horizon_rows`); the pipeline never reads any of this,
+and none of these columns is a feature anywhere else.
 
     python -m benchmarks.bench_z_limits --data data/demo --readme README.md
 """

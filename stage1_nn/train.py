@@ -624,11 +624,10 @@ def fit_folds_in_workers(cfg: Config, folds: list[int], run: Run, workers: int) 
 _WORKER_DATA: dict[str, Stage1Data] = {}  # one load per worker process, reused by its next folds
 
 
-def _start_fold_worker(threads: int, records: Any, parent: int | None = None) -> None:
+def _start_fold_worker(threads: int, records: Any, parent: int) -> None:
     torch.set_num_threads(threads)
     send_records_to(records)
-    if parent is not None:
-        exit_when_parent_dies(parent)
+    exit_when_parent_dies(parent)
 
 
 def exit_when_parent_dies(parent: int, interval_s: float = 1.0) -> threading.Thread:
