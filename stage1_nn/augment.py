@@ -10,6 +10,7 @@ so the frames stay consistent with each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -89,6 +90,29 @@ class PhotometricAugment:
     @staticmethod
     def wanted(cfg: AugmentConfig) -> bool:
         return max(cfg.noise_p, cfg.blur_p, cfg.brightness_p, cfg.cutout_p, cfg.shift_scale_p) > 0
+
+    def random_state(self) -> list[dict[str, Any]]:
+        """The numpy and Python generator states of the pipeline and each transform in it
+        (albumentations gives every transform its own pair), for a resumed fold."""
+        return [{"numpy": owner.random_generator.bit_generator.state, "python": owner.py_random.getstate()}
+                for owner in self._random_owners()]
+
+    def set_random_state(self, states: list[dict[str, Any]]) -> None:
+        """Put `random_state` back, in place: the transforms keep their generator objects."""
+        owners = self._random_owners()
+        if len(owners) != len(states):
+            raise ValueError(f"resume: {len(states)} saved augmentation states for {len(owners)} transforms")
+        for owner, state in zip(owners, states, strict=True):
+            owner.random_generator.bit_generator.state = state["numpy"]
+            owner.py_random.setstate(state["python"])
+
+    def _random_owners(self) -> list[Any]:
+        owners, pending = [], [self.transform]
+        while pending:
+            owner = pending.pop(0)
+            owners.append(owner)
+            pending.extend(getattr(owner, "transforms", []))
+        return owners
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """frames (F, H, W, C) uint8 -> augmented copy, same shape."""

@@ -355,6 +355,17 @@ class SequenceDataset(Dataset):
         if self.photometric is not None:
             self.photometric.transform.set_random_seed(seed)
 
+    def random_state(self) -> dict[str, Any]:
+        """The flip and photometric generators' states (what a resumed fold puts back)."""
+        return {"flip": self.rng.bit_generator.state,
+                "photometric": self.photometric.random_state() if self.photometric is not None else None}
+
+    def set_random_state(self, state: dict[str, Any]) -> None:
+        """Put `random_state` back."""
+        self.rng.bit_generator.state = state["flip"]
+        if self.photometric is not None:
+            self.photometric.set_random_state(state["photometric"])
+
     def load(self, index: int, flipped: bool = False) -> dict[str, np.ndarray]:
         """One sequence, raw (before encoding): images, telemetry, targets, baseline; flipped if asked."""
         rows = self.sequences[index]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from timm.utils import ModelEmaV3
@@ -117,6 +118,14 @@ class ChainedOptimizer(torch.optim.Optimizer):
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)
 
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102 - one state per chained optimiser
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        for opt, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]  # loading made new groups
+
 
 class SAM(torch.optim.Optimizer):
     """Sharpness-aware minimisation around `base`: step to the worst nearby weights, take the
@@ -159,6 +168,13 @@ class SAM(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102 - the base optimiser's (SAM keeps none)
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.base.load_state_dict(state_dict)
+        self.param_groups, self.state = self.base.param_groups, self.base.state  # loading made new ones
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,

@@ -78,6 +78,7 @@ from .engine import predict, predict_with_tta, train_one_epoch
 from .model import ModelDims, build_model, save_checkpoint
 from .optim import build_ema, build_optimizer, build_scheduler
 from .report import append_metrics, plot_learning_curve, prediction_frame
+from .resume import RESUME_FILE, EpochState, load_epoch_state, save_epoch_state
 
 logger = get_logger(__name__)
 
@@ -183,6 +184,9 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     todo = [k for k in folds if force or not run.part_done(fold_dir_name(k))]
     for fold in sorted(set(folds) - set(todo)):
         _say(env, f"stage1: fold {fold} already done; skipping")
+    if force and env.is_main:  # retrain from scratch: no epoch an earlier run saved is resumed
+        for fold in todo:
+            run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}").unlink(missing_ok=True)
     workers = fold_workers(cfg, env, len(todo))
     if workers > 1:  # CPU: several folds at once, each in its own process
         fit_folds_in_workers(cfg, todo, run, workers)
@@ -378,6 +382,14 @@ class EpochChoice:
             self.epoch, self.score, self.state = epoch, score, copy.deepcopy(model.state_dict())
         return score
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a resumed fold needs to go on choosing (see `stage1_nn.resume`)."""
+        return {"epoch": self.epoch, "score": float(self.score), "state": self.state}
+
+    def load_dict(self, saved: dict[str, Any]) -> None:
+        """Put `as_dict()` back."""
+        self.epoch, self.score, self.state = saved["epoch"], saved["score"], saved["state"]
+
     def restore(self, model: torch.nn.Module) -> int:
         """Load the kept weights into `model` (`last`: they are already there); the kept epoch."""
         if self.state is not None:
@@ -390,11 +402,10 @@ def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -
     fold_dir = run.path(fold_dir_name(fold))
     if env.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "metrics.jsonl").unlink(missing_ok=True)  # a restarted fold starts its log anew
     inputs = prepare_fold(cfg, data, fold, env)
     seed_everything(inputs.seed)
     fm = build_fold_model(inputs)
-    history, kept_epoch = train_epochs(inputs, fm, run)
+    history, kept_epoch = train_epochs(inputs, fm, run, resume_fold(inputs, fm, run))
     val = predict_rows(inputs, fm, "train", inputs.valid_rows)
     test = predict_rows(inputs, fm, "test", None)
     if env.is_main:
@@ -404,6 +415,7 @@ def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -
                         encoder=inputs.encoder.state_dict(), config=cfg.to_dict(), fold=fold,
                         kept_epoch=kept_epoch)
         final_mae = mae(data.targets[val["rows"]], val["main"])
+        (fold_dir / RESUME_FILE).unlink(missing_ok=True)  # the fold is whole: nothing to resume
         run.mark_part_done(fold_dir_name(fold), kept_epoch=kept_epoch, select=cfg.stage1.select,
                            val_mae=final_mae, n_train=len(inputs.train_rows),
                            n_select=len(inputs.select_rows), n_valid=len(inputs.valid_rows))
@@ -446,19 +458,41 @@ def build_fold_model(inputs: FoldInputs) -> FoldModel:
         amp_dtype=_amp_dtype(s1.precision, env.device))
 
 
-def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict], int]:
-    """Train `stage1.epochs` epochs; after each, log the scored fold's MAE (learning curve only)
-    and offer the weights to the `EpochChoice`. Leaves the kept weights in `fm.eval_model`."""
+def resume_fold(inputs: FoldInputs, fm: FoldModel, run: Run) -> EpochState:
+    """Where the fold's loop starts: the state a killed run saved after its last finished epoch
+    (loaded into `fm`), or epoch 0 with a fresh metrics log."""
+    fold_dir = run.path(fold_dir_name(inputs.fold))
+    state = load_epoch_state(fold_dir / RESUME_FILE, run.signature, fm.model, fm.ema, fm.optimizer,
+                             fm.scheduler, fm.train_loader)
+    if state is None:
+        state = EpochState()
+    else:
+        _say(inputs.env, f"stage1 fold {inputs.fold}: resuming after epoch {state.epoch}/{inputs.cfg.stage1.epochs} "
+                         f"({RESUME_FILE})")
+    if inputs.env.is_main:  # the log holds the finished epochs' records only
+        metrics = fold_dir / "metrics.jsonl"
+        metrics.unlink(missing_ok=True)
+        for record in state.history:
+            append_metrics(metrics, record)
+    return state
+
+
+def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run, state: EpochState) -> tuple[list[dict], int]:
+    """Train from `state.epoch` to `stage1.epochs` epochs; after each, log the scored fold's MAE
+    (learning curve only), offer the weights to the `EpochChoice` and save the state a rerun
+    resumes from. Leaves the kept weights in `fm.eval_model`."""
     cfg, env, fold = inputs.cfg, inputs.env, inputs.fold
     s1, spec, targets = cfg.stage1, cfg.dataset, inputs.data.targets
     valid_loader = inputs.loader("train", inputs.valid_rows)
     select_loader = inputs.loader("train", inputs.select_rows) if s1.select == "holdout" else None
     choice = EpochChoice(s1.select)
-    history, step = [], 0
+    if state.choice:
+        choice.load_dict(state.choice)
+    history, step = list(state.history), state.step
     _say(env, f"stage1 fold {fold}: {len(inputs.train_rows)} train rows, {len(inputs.select_rows)} "
               f"select rows, {len(inputs.valid_rows)} valid rows, {s1.model.backbone}, {s1.mode} "
               f"mode, {s1.epochs} epochs on {env.device} x{env.world}")
-    for epoch in range(1, s1.epochs + 1):
+    for epoch in range(state.epoch + 1, s1.epochs + 1):
         if isinstance(fm.train_loader.sampler, DistributedSampler):
             fm.train_loader.sampler.set_epoch(epoch - 1)
         stats, step = train_one_epoch(fm.net, fm.train_loader, fm.optimizer, fm.scheduler, fm.ema, s1,
@@ -480,6 +514,10 @@ def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run) -> tuple[list[dict
             run.log(f"fold {fold} epoch {epoch}: train loss {stats.get('train_loss', 0):.4f} {shown}")
         _say(env, f"  fold {fold} epoch {epoch}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
                   f"MAE {stats['train_mae']:.4f} | {shown} | {stats['train_rows_per_s']:.0f} rows/s")
+        if env.is_main and epoch < s1.epochs:  # a kill from here on loses at most the next epoch
+            save_epoch_state(run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}"), run.signature,
+                             EpochState(epoch=epoch, step=step, history=history, choice=choice.as_dict()),
+                             fm.model, fm.ema, fm.optimizer, fm.scheduler, fm.train_loader)
     return history, choice.restore(fm.eval_model)
 
 

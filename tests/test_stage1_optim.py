@@ -39,6 +39,17 @@ def _loss_and_gradients(model, optimizer, x, y):
     return loss
 
 
+def _steps(model, optimizer, scheduler, x, y, n):
+    """`n` training steps on one batch (with the closure SAM needs), the schedule stepped too."""
+    for _ in range(n):
+        _loss_and_gradients(model, optimizer, x, y)
+        if getattr(optimizer, "needs_closure", False):
+            optimizer.step(lambda: _loss_and_gradients(model, optimizer, x, y))
+        else:
+            optimizer.step()
+        scheduler.step()
+
+
 @pytest.mark.parametrize("key", OPTIMIZERS.keys())
 def test_every_optimiser_key_steps_and_lowers_the_loss(key):
     model, (x, y) = TinyNet(), _batch()
@@ -46,15 +57,37 @@ def test_every_optimiser_key_steps_and_lowers_the_loss(key):
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, 30, 0, cfg)
     first = float(_loss_and_gradients(model, optimizer, x, y).detach())
-    for _ in range(30):
-        _loss_and_gradients(model, optimizer, x, y)
-        if getattr(optimizer, "needs_closure", False):
-            optimizer.step(lambda: _loss_and_gradients(model, optimizer, x, y))
-        else:
-            optimizer.step()
-        scheduler.step()
+    _steps(model, optimizer, scheduler, x, y, 30)
     assert float((model(x) - y).abs().mean().detach()) < first
     assert {g["name"] for g in optimizer.param_groups} == {"backbone", "head"}
+
+
+@pytest.mark.parametrize("key", [*OPTIMIZERS.keys(), "sam-muon"])
+def test_every_optimiser_key_resumes_from_its_state_dict_as_if_never_stopped(key, tmp_path):
+    """A killed stage-1 fold resumes from saved optimiser and schedule states (`stage1_nn.resume`):
+    three steps, a save and a load into fresh objects, three more steps land on the same weights
+    and learning rates as six unbroken steps (SAM over Muon: a wrapper around a chain)."""
+    name, _, base = key.partition("-")
+    cfg = OptimConfig(name=name, lr=1e-2, backbone_lr=5e-3, weight_decay=0.01, warmup_epochs=0,
+                      **({"sam": {"base": base}} if base else {}))
+    (x, y), built = _batch(), []
+    for _ in range(2):
+        model = TinyNet()
+        optimizer = build_optimizer(model, cfg)
+        built.append((model, optimizer, build_scheduler(optimizer, 6, 2, cfg)))
+    (unbroken, opt_a, sched_a), (resumed, opt_b, sched_b) = built
+    _steps(unbroken, opt_a, sched_a, x, y, 3)
+    torch.save({"model": unbroken.state_dict(), "optimizer": opt_a.state_dict(),
+                "scheduler": sched_a.state_dict()}, tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed.load_state_dict(saved["model"])
+    opt_b.load_state_dict(saved["optimizer"])
+    sched_b.load_state_dict(saved["scheduler"])
+    _steps(unbroken, opt_a, sched_a, x, y, 3)
+    _steps(resumed, opt_b, sched_b, x, y, 3)
+    for a, b in zip(unbroken.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
 
 
 def test_unknown_optimiser_and_schedule_keys_name_the_valid_ones():

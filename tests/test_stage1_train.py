@@ -24,6 +24,7 @@ from dataset_factory import make_tiny_dataset
 import stage1_nn.train as train_module
 from stage1_nn.data import aux_target_names
 from stage1_nn.predict import predict_checkpoint
+from stage1_nn.resume import RESUME_FILE
 from trajstack.artifacts import (
     CHECKPOINT_FILE,
     OOF_EMB_FILE,
@@ -449,3 +450,64 @@ def test_a_fold_worker_exits_when_its_parent_is_gone_and_not_before():
                 process.kill()
     assert orphaned.exitcode == 1      # gone within the watch interval, not after its 60 s sleep
     assert kept.exitcode == 0          # its parent is alive: it slept its second and returned
+
+
+class _Killed(Exception):
+    """Stands in for a kill in the middle of an epoch."""
+
+
+def test_a_killed_fold_resumes_after_its_last_finished_epoch_and_matches_an_unbroken_run(trained, monkeypatch):
+    """Killed in its third epoch, a fold keeps its first two (`resume.pt`); the rerun trains the
+    third alone and writes bitwise what an unbroken run writes (augmentation, mixup, EMA and the
+    holdout epoch choice included), then removes the file. A file of another signature is
+    ignored: the fold starts over."""
+    root, data = trained["root"], trained["data"]
+    extra = ["stage1.folds=[0]", "stage1.epochs=3", "stage1.select=holdout", "stage1.select_fraction=0.3",
+             "stage1.augment.noise_p=1.0", "stage1.augment.brightness_p=0.5",
+             "stage1.augment.shift_scale_p=0.5", "stage1.mixup.p=0.5"]
+    unbroken = train_module.run_stage1(load_config("demo", [*_overrides(data.root, root / "out", "unbroken"),
+                                                            *extra]))
+    cfg = load_config("demo", [*_overrides(data.root, root / "out", "killed"), *extra])
+    fold_dir = cfg.experiment_dir / "stage1" / cfg.stage1.name / "fold0"
+    original, epochs = train_module.train_one_epoch, []
+
+    def train_until(kill_at: int | None):
+        def one_epoch(*args, **kwargs):
+            epochs.append(kwargs["desc"])
+            if len(epochs) == kill_at:
+                raise _Killed
+            return original(*args, **kwargs)
+        epochs.clear()
+        monkeypatch.setattr(train_module, "train_one_epoch", one_epoch)
+
+    train_until(kill_at=3)
+    with pytest.raises(_Killed):
+        train_module.run_stage1(cfg)
+    saved = torch.load(fold_dir / RESUME_FILE, weights_only=True)
+    assert saved["epoch"] == 2 and not (fold_dir / "done.json").exists()
+    assert len((fold_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    other = fold_dir.parent / "other.pt"  # the same state under another signature
+    torch.save({**saved, "signature": "another config"}, other)
+    other.replace(fold_dir / RESUME_FILE)
+    train_until(kill_at=1)
+    with pytest.raises(_Killed):
+        train_module.run_stage1(cfg)
+    assert epochs == ["fold 0 epoch 1/3"]  # started over
+    assert not (fold_dir / "metrics.jsonl").exists()  # a fresh log: no epoch finished yet
+
+    torch.save(saved, fold_dir / RESUME_FILE)
+    train_until(kill_at=None)
+    run = train_module.run_stage1(cfg)
+    assert epochs == ["fold 0 epoch 3/3"] and run.is_done()
+    assert not (fold_dir / RESUME_FILE).exists()
+    assert "stage1 fold 0: resuming after epoch 2/3" in (run.dir / "log.txt").read_text()
+    pd.testing.assert_frame_equal(pd.read_parquet(run.dir / OOF_FILE), pd.read_parquet(unbroken.dir / OOF_FILE))
+    pd.testing.assert_frame_equal(pd.read_parquet(run.dir / TEST_FILE), pd.read_parquet(unbroken.dir / TEST_FILE))
+    np.testing.assert_array_equal(np.load(run.dir / OOF_EMB_FILE), np.load(unbroken.dir / OOF_EMB_FILE))
+    curves = [[json.loads(line) for line in (r.dir / "fold0" / "metrics.jsonl").read_text().splitlines()]
+              for r in (run, unbroken)]
+    for key in ("epoch", "train_loss", "val_mae", "select_mae", "step"):
+        assert [r[key] for r in curves[0]] == [r[key] for r in curves[1]]
+    kept = [json.loads((r.dir / "fold0" / "done.json").read_text())["kept_epoch"] for r in (run, unbroken)]
+    assert kept[0] == kept[1]

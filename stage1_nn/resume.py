@@ -1,0 +1,118 @@
+"""A fold's training state after each epoch, so that a killed run resumes at its last finished
+epoch instead of retraining the fold from scratch (a full-scale CPU epoch is several minutes).
+
+`fold<k>/resume.pt` holds the net, its EMA, the optimiser, the schedule, the epoch history, the
+epoch choice and every random generator the next epoch draws from; it is written atomically
+after each epoch but the last and removed once the fold is done. A file of another run
+signature (the config or inputs changed) is ignored: the fold starts over.
+
+With `stage1.num_workers: 0` on one process a resumed fold is bitwise the uninterrupted one.
+With loader workers (or DDP) the resumed epochs' augmentation draws differ from the ones an
+unbroken run would have made: the training is as valid, not the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trajstack.io import atomic_path
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class EpochState:
+    """What a fold's loop carries from one epoch to the next (beyond the net's own state).
+
+    epoch : the last finished epoch (0: nothing trained yet).
+    step : optimiser steps taken so far (the EMA warmup and the schedule read it).
+    history : one metrics record per finished epoch, as `metrics.jsonl` holds them.
+    choice : `EpochChoice`'s kept epoch, score and weights (None weights under `last`).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    choice: dict[str, Any] = field(default_factory=dict)
+
+
+def save_epoch_state(path: Path, signature: str, state: EpochState, model: torch.nn.Module,
+                     ema: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     loader: DataLoader) -> None:
+    """Write the fold's state after `state.epoch` (atomically: a kill mid-write keeps the last one)."""
+    payload = {
+        "signature": signature, "epoch": state.epoch, "step": state.step,
+        "history": json.loads(json.dumps(state.history, default=float)),  # plain floats: a weights-only load
+        "choice": state.choice, "model": _cpu(model.state_dict()),
+        "ema": _cpu(ema.module.state_dict()) if ema is not None else None,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "random": random_state(loader),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_epoch_state(path: Path, signature: str, model: torch.nn.Module, ema: Any,
+                     optimizer: torch.optim.Optimizer, scheduler: Any, loader: DataLoader
+                     ) -> EpochState | None:
+    """Restore a saved fold state into the freshly built fold; None when there is none to resume
+    (no file, or one of another run signature)."""
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("signature") != signature:
+        return None
+    model.load_state_dict(payload["model"])
+    if ema is not None:
+        ema.module.load_state_dict(payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    set_random_state(loader, payload["random"])
+    return EpochState(epoch=payload["epoch"], step=payload["step"], history=payload["history"],
+                      choice=payload["choice"])
+
+
+def random_state(loader: DataLoader) -> dict[str, Any]:
+    """Every generator the next epoch draws from: the global ones (torch, CUDA, numpy, Python),
+    the loader's shuffling generator and the dataset's flip and photometric generators."""
+    dataset = loader.dataset
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_legacy_state(np.random.get_state()),
+        "python": random.getstate(),
+        "loader": loader.generator.get_state() if loader.generator is not None else None,
+        "dataset": dataset.random_state() if hasattr(dataset, "random_state") else None,
+    }
+
+
+def set_random_state(loader: DataLoader, state: dict[str, Any]) -> None:
+    """Put back what `random_state` took (CUDA's only on a machine with the same GPUs)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if state["loader"] is not None and loader.generator is not None:
+        loader.generator.set_state(state["loader"])
+    if state["dataset"] is not None:
+        loader.dataset.set_random_state(state["dataset"])
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _numpy_legacy_state(state: tuple) -> tuple:
+    # the key is an ndarray, which a weights-only load refuses: store it as a tensor
+    kind, key, pos, has_gauss, gauss = state
+    return kind, torch.from_numpy(np.asarray(key, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)
