@@ -6,9 +6,10 @@ epoch choice and every random generator the next epoch draws from; it is written
 after each epoch but the last and removed once the fold is done. A file of another run
 signature (the config or inputs changed) is ignored: the fold starts over.
 
-With `stage1.num_workers: 0` on one process a resumed fold is bitwise the uninterrupted one.
-With loader workers (or DDP) the resumed epochs' augmentation draws differ from the ones an
-unbroken run would have made: the training is as valid, not the same bits.
+Each rank keeps its own generators. With `stage1.num_workers: 0` a resumed fold is bitwise the
+uninterrupted one; with loader workers the resumed epochs' augmentation draws differ from the
+ones an unbroken run would have made (the workers start anew): as valid, not the same bits. A
+file saved with another number of processes or steps per epoch is not resumed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from trajstack.io import atomic_path
+
+if TYPE_CHECKING:
+    from .train import FoldModel
 
 RESUME_FILE = "resume.pt"
 
@@ -44,40 +48,45 @@ class EpochState:
     choice: dict[str, Any] = field(default_factory=dict)
 
 
-def save_epoch_state(path: Path, signature: str, state: EpochState, model: torch.nn.Module,
-                     ema: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     loader: DataLoader) -> None:
-    """Write the fold's state after `state.epoch` (atomically: a kill mid-write keeps the last one)."""
+def save_epoch_state(path: Path, signature: str, state: EpochState, fm: FoldModel,
+                     randoms: list[dict[str, Any]], world: int) -> None:
+    """Write the fold's state after `state.epoch` (atomically: a kill mid-write keeps the last one).
+
+    `randoms` are every rank's `random_state`, in rank order (`gather` them on all ranks first).
+    """
     payload = {
         "signature": signature, "epoch": state.epoch, "step": state.step,
         "history": json.loads(json.dumps(state.history, default=float)),  # plain floats: a weights-only load
-        "choice": state.choice, "model": _cpu(model.state_dict()),
-        "ema": _cpu(ema.module.state_dict()) if ema is not None else None,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "random": random_state(loader),
+        "choice": state.choice, "model": _cpu(fm.model.state_dict()),
+        "ema": _cpu(fm.ema.module.state_dict()) if fm.ema is not None else None,
+        "optimizer": fm.optimizer.state_dict(), "scheduler": fm.scheduler.state_dict(),
+        "random": randoms, "layout": _layout(fm, world),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_epoch_state(path: Path, signature: str, model: torch.nn.Module, ema: Any,
-                     optimizer: torch.optim.Optimizer, scheduler: Any, loader: DataLoader
-                     ) -> EpochState | None:
-    """Restore a saved fold state into the freshly built fold; None when there is none to resume
-    (no file, or one of another run signature)."""
+def load_epoch_state(path: Path, signature: str, fm: FoldModel, rank: int, world: int
+                     ) -> tuple[EpochState | None, str]:
+    """Restore a saved fold state into the freshly built `fm` (this rank's generators); the state,
+    or None with the reason there is none to resume (no file, another run signature, another
+    number of processes or steps per epoch, whose schedule would not fit the saved step)."""
     if not path.exists():
-        return None
+        return None, "no saved epoch"
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("signature") != signature:
-        return None
-    model.load_state_dict(payload["model"])
-    if ema is not None:
-        ema.module.load_state_dict(payload["ema"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    set_random_state(loader, payload["random"])
-    return EpochState(epoch=payload["epoch"], step=payload["step"], history=payload["history"],
-                      choice=payload["choice"])
+        return None, f"{path.name} is of another run signature"
+    if payload["layout"] != _layout(fm, world):
+        return None, f"{path.name} was saved with {payload['layout']}, this run has {_layout(fm, world)}"
+    fm.model.load_state_dict(payload["model"])
+    if fm.ema is not None:
+        fm.ema.module.load_state_dict(payload["ema"])
+    fm.optimizer.load_state_dict(payload["optimizer"])
+    fm.scheduler.load_state_dict(payload["scheduler"])
+    set_random_state(fm.train_loader, payload["random"][rank])
+    state = EpochState(epoch=payload["epoch"], step=payload["step"], history=payload["history"],
+                       choice=payload["choice"])
+    return state, f"resuming after epoch {state.epoch}"
 
 
 def random_state(loader: DataLoader) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def random_state(loader: DataLoader) -> dict[str, Any]:
     dataset = loader.dataset
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
         "numpy": _numpy_legacy_state(np.random.get_state()),
         "python": random.getstate(),
         "loader": loader.generator.get_state() if loader.generator is not None else None,
@@ -95,10 +104,10 @@ def random_state(loader: DataLoader) -> dict[str, Any]:
 
 
 def set_random_state(loader: DataLoader, state: dict[str, Any]) -> None:
-    """Put back what `random_state` took (CUDA's only on a machine with the same GPUs)."""
+    """Put back what `random_state` took (CUDA's only where this rank has a GPU)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     kind, key, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
@@ -106,6 +115,11 @@ def set_random_state(loader: DataLoader, state: dict[str, Any]) -> None:
         loader.generator.set_state(state["loader"])
     if state["dataset"] is not None:
         loader.dataset.set_random_state(state["dataset"])
+
+
+def _layout(fm: FoldModel, world: int) -> dict[str, int]:
+    # the schedule and the EMA warmup count steps: a resume must take as many a epoch
+    return {"processes": world, "steps_per_epoch": len(fm.train_loader)}
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -78,7 +78,7 @@ from .engine import predict, predict_with_tta, train_one_epoch
 from .model import ModelDims, build_model, save_checkpoint
 from .optim import build_ema, build_optimizer, build_scheduler
 from .report import append_metrics, plot_learning_curve, prediction_frame
-from .resume import RESUME_FILE, EpochState, load_epoch_state, save_epoch_state
+from .resume import RESUME_FILE, EpochState, load_epoch_state, random_state, save_epoch_state
 
 logger = get_logger(__name__)
 
@@ -187,6 +187,7 @@ def run_stage1(cfg: Config, env: DistEnv | None = None, force: bool = False) -> 
     if force and env.is_main:  # retrain from scratch: no epoch an earlier run saved is resumed
         for fold in todo:
             run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}").unlink(missing_ok=True)
+    barrier(env)
     workers = fold_workers(cfg, env, len(todo))
     if workers > 1:  # CPU: several folds at once, each in its own process
         fit_folds_in_workers(cfg, todo, run, workers)
@@ -415,10 +416,10 @@ def fit_fold(cfg: Config, data: Stage1Data, fold: int, run: Run, env: DistEnv) -
                         encoder=inputs.encoder.state_dict(), config=cfg.to_dict(), fold=fold,
                         kept_epoch=kept_epoch)
         final_mae = mae(data.targets[val["rows"]], val["main"])
-        (fold_dir / RESUME_FILE).unlink(missing_ok=True)  # the fold is whole: nothing to resume
         run.mark_part_done(fold_dir_name(fold), kept_epoch=kept_epoch, select=cfg.stage1.select,
                            val_mae=final_mae, n_train=len(inputs.train_rows),
                            n_select=len(inputs.select_rows), n_valid=len(inputs.valid_rows))
+        (fold_dir / RESUME_FILE).unlink(missing_ok=True)  # the fold is done: nothing to resume
         _say(env, f"stage1 fold {fold}: kept epoch {kept_epoch} (select={cfg.stage1.select}), "
                   f"val MAE {final_mae:.4f}")
 
@@ -461,16 +462,18 @@ def build_fold_model(inputs: FoldInputs) -> FoldModel:
 def resume_fold(inputs: FoldInputs, fm: FoldModel, run: Run) -> EpochState:
     """Where the fold's loop starts: the state a killed run saved after its last finished epoch
     (loaded into `fm`), or epoch 0 with a fresh metrics log."""
-    fold_dir = run.path(fold_dir_name(inputs.fold))
-    state = load_epoch_state(fold_dir / RESUME_FILE, run.signature, fm.model, fm.ema, fm.optimizer,
-                             fm.scheduler, fm.train_loader)
-    if state is None:
-        state = EpochState()
-    else:
-        _say(inputs.env, f"stage1 fold {inputs.fold}: resuming after epoch {state.epoch}/{inputs.cfg.stage1.epochs} "
-                         f"({RESUME_FILE})")
-    if inputs.env.is_main:  # the log holds the finished epochs' records only
-        metrics = fold_dir / "metrics.jsonl"
+    env, fold = inputs.env, inputs.fold
+    path = run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}")
+    state, why = load_epoch_state(path, run.signature, fm, env.rank, env.world)
+    epochs = gather(env, 0 if state is None else state.epoch)
+    if len(set(epochs)) > 1:  # they would train different epochs and DDP would hang
+        raise RuntimeError(f"{path}: the processes would resume after different epochs {epochs}; "
+                           "delete the file to train the fold from its start")
+    if path.exists():
+        _say(env, f"stage1 fold {fold}: {why}" + ("" if state else "; training the fold from its start"))
+    state = state or EpochState()
+    if env.is_main:  # the log holds the finished epochs' records only
+        metrics = path.parent / "metrics.jsonl"
         metrics.unlink(missing_ok=True)
         for record in state.history:
             append_metrics(metrics, record)
@@ -514,10 +517,12 @@ def train_epochs(inputs: FoldInputs, fm: FoldModel, run: Run, state: EpochState)
             run.log(f"fold {fold} epoch {epoch}: train loss {stats.get('train_loss', 0):.4f} {shown}")
         _say(env, f"  fold {fold} epoch {epoch}/{s1.epochs}: train loss {stats.get('train_loss', 0):.4f} "
                   f"MAE {stats['train_mae']:.4f} | {shown} | {stats['train_rows_per_s']:.0f} rows/s")
-        if env.is_main and epoch < s1.epochs:  # a kill from here on loses at most the next epoch
-            save_epoch_state(run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}"), run.signature,
-                             EpochState(epoch=epoch, step=step, history=history, choice=choice.as_dict()),
-                             fm.model, fm.ema, fm.optimizer, fm.scheduler, fm.train_loader)
+        if epoch < s1.epochs:  # a kill from here on loses at most the next epoch
+            randoms = gather(env, random_state(fm.train_loader))  # every rank's generators
+            if env.is_main:
+                save_epoch_state(run.path(f"{fold_dir_name(fold)}/{RESUME_FILE}"), run.signature,
+                                 EpochState(epoch=epoch, step=step, history=history, choice=choice.as_dict()),
+                                 fm, randoms, env.world)
     return history, choice.restore(fm.eval_model)
 
 

@@ -176,6 +176,50 @@ def test_ddp_two_cpu_processes_match_one_process_coverage(trained):
     assert pd.read_parquet(ddp_dir / TEST_FILE)["ID"].tolist() == sorted(data.test_ids)
 
 
+KILLED_IN_EPOCH_2 = """
+import sys
+import stage1_nn.train as train
+original, calls = train.train_one_epoch, []
+def one_epoch(*args, **kwargs):  # every rank dies at the start of its second epoch
+    calls.append(1)
+    if len(calls) == 2:
+        raise SystemExit(3)
+    return original(*args, **kwargs)
+train.train_one_epoch = one_epoch
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_ddp_fold_resumes_each_rank_after_the_last_finished_epoch(trained):
+    """Two processes (gloo) killed at the start of the second epoch: the rerun resumes both ranks
+    (each with its own generators) after the first and writes bitwise what an unbroken
+    two-process run writes."""
+    root, data = trained["root"], trained["data"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    extra = ["stage1.folds=[0]", "stage1.epochs=2", "stage1.augment.noise_p=1.0"]
+
+    def stage1(exp: str, *launch: str) -> subprocess.CompletedProcess:
+        args = ["--config", "demo", *_overrides(data.root, root / "out", exp), *extra]
+        launch = launch or ("-m", "stage1_nn.train", "--nproc", "2")
+        return subprocess.run([sys.executable, *launch, *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=900)  # a hang guard only
+
+    unbroken = stage1("ddp_unbroken")
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+    script = root / "killed_in_epoch_2.py"
+    script.write_text(KILLED_IN_EPOCH_2)
+    killed = stage1("ddp_killed", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script))
+    assert killed.returncode != 0
+    run_dirs = [root / "out" / exp / "stage1" / trained["cfg"].stage1.name for exp in ("ddp_unbroken", "ddp_killed")]
+    assert torch.load(run_dirs[1] / "fold0" / RESUME_FILE, weights_only=True)["epoch"] == 1
+    resumed = stage1("ddp_killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage1 fold 0: resuming after epoch 1" in (run_dirs[1] / "log.txt").read_text()
+    assert not (run_dirs[1] / "fold0" / RESUME_FILE).exists()
+    for name in (OOF_FILE, TEST_FILE):
+        pd.testing.assert_frame_equal(pd.read_parquet(run_dirs[1] / name), pd.read_parquet(run_dirs[0] / name))
+
+
 def test_other_switches_train_and_predict(trained):
     """The switches the demo leaves off: TTA, photometric aug, no EMA, last epoch, BatchNorm, resize,
     SAM with the warmup/hold/cool-down schedule, cutout and shift-scale, stem surgery."""
@@ -459,8 +503,8 @@ class _Killed(Exception):
 def test_a_killed_fold_resumes_after_its_last_finished_epoch_and_matches_an_unbroken_run(trained, monkeypatch):
     """Killed in its third epoch, a fold keeps its first two (`resume.pt`); the rerun trains the
     third alone and writes bitwise what an unbroken run writes (augmentation, mixup, EMA and the
-    holdout epoch choice included), then removes the file. A file of another signature is
-    ignored: the fold starts over."""
+    holdout epoch choice included), then removes the file. A file of another signature, or of
+    another number of processes, is not resumed: the fold starts over and says why."""
     root, data = trained["root"], trained["data"]
     extra = ["stage1.folds=[0]", "stage1.epochs=3", "stage1.select=holdout", "stage1.select_fraction=0.3",
              "stage1.augment.noise_p=1.0", "stage1.augment.brightness_p=0.5",
@@ -487,21 +531,23 @@ def test_a_killed_fold_resumes_after_its_last_finished_epoch_and_matches_an_unbr
     assert saved["epoch"] == 2 and not (fold_dir / "done.json").exists()
     assert len((fold_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
-    other = fold_dir.parent / "other.pt"  # the same state under another signature
-    torch.save({**saved, "signature": "another config"}, other)
-    other.replace(fold_dir / RESUME_FILE)
-    train_until(kill_at=1)
-    with pytest.raises(_Killed):
-        train_module.run_stage1(cfg)
-    assert epochs == ["fold 0 epoch 1/3"]  # started over
-    assert not (fold_dir / "metrics.jsonl").exists()  # a fresh log: no epoch finished yet
+    # the same state under another signature, or saved by two processes: not resumed
+    for tampered, why in (({"signature": "another config"}, "is of another run signature"),
+                          ({"layout": {**saved["layout"], "processes": 2}}, "was saved with")):
+        torch.save({**saved, **tampered}, fold_dir / RESUME_FILE)
+        train_until(kill_at=1)
+        with pytest.raises(_Killed):
+            train_module.run_stage1(cfg)
+        assert epochs == ["fold 0 epoch 1/3"]  # started over
+        assert not (fold_dir / "metrics.jsonl").exists()  # a fresh log: no epoch finished yet
+        assert f"stage1 fold 0: {RESUME_FILE} {why}" in (fold_dir.parent / "log.txt").read_text()
 
     torch.save(saved, fold_dir / RESUME_FILE)
     train_until(kill_at=None)
     run = train_module.run_stage1(cfg)
     assert epochs == ["fold 0 epoch 3/3"] and run.is_done()
     assert not (fold_dir / RESUME_FILE).exists()
-    assert "stage1 fold 0: resuming after epoch 2/3" in (run.dir / "log.txt").read_text()
+    assert "stage1 fold 0: resuming after epoch 2" in (run.dir / "log.txt").read_text()
     pd.testing.assert_frame_equal(pd.read_parquet(run.dir / OOF_FILE), pd.read_parquet(unbroken.dir / OOF_FILE))
     pd.testing.assert_frame_equal(pd.read_parquet(run.dir / TEST_FILE), pd.read_parquet(unbroken.dir / TEST_FILE))
     np.testing.assert_array_equal(np.load(run.dir / OOF_EMB_FILE), np.load(unbroken.dir / OOF_EMB_FILE))
