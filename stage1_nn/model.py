@@ -319,10 +319,15 @@ def build_model(cfg: ModelConfig, dims: ModelDims, channels_last: bool = False) 
     return TrajectoryNet(cfg, dims, channels_last=channels_last)
 
 
+def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s weights and buffers, detached, on the CPU: what a checkpoint stores."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, model_cfg: ModelConfig, dims: ModelDims,
                     **extra: Any) -> None:
     """State dict + everything needed to rebuild the net; loadable with ``weights_only=True``."""
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    payload = {"state_dict": cpu_state_dict(model),
                "model_config": model_cfg.model_dump(mode="json"),
                "dims": {**asdict(dims), "image_size": list(dims.image_size) if dims.image_size else None},
                **extra}

@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader
 
 from trajstack.io import atomic_path
 
+from .model import cpu_state_dict
+
 if TYPE_CHECKING:
     from .train import FoldModel
 
@@ -57,8 +59,8 @@ def save_epoch_state(path: Path, signature: str, state: EpochState, fm: FoldMode
     payload = {
         "signature": signature, "epoch": state.epoch, "step": state.step,
         "history": json.loads(json.dumps(state.history, default=float)),  # plain floats: a weights-only load
-        "choice": state.choice, "model": _cpu(fm.model.state_dict()),
-        "ema": _cpu(fm.ema.module.state_dict()) if fm.ema is not None else None,
+        "choice": state.choice, "model": cpu_state_dict(fm.model),
+        "ema": cpu_state_dict(fm.ema.module) if fm.ema is not None else None,
         "optimizer": fm.optimizer.state_dict(), "scheduler": fm.scheduler.state_dict(),
         "random": randoms, "layout": _layout(fm, world),
     }
@@ -91,15 +93,15 @@ def load_epoch_state(path: Path, signature: str, fm: FoldModel, rank: int, world
 
 def random_state(loader: DataLoader) -> dict[str, Any]:
     """Every generator the next epoch draws from: the global ones (torch, CUDA, numpy, Python),
-    the loader's shuffling generator and the dataset's flip and photometric generators."""
-    dataset = loader.dataset
+    the loader's shuffling generator (`make_loader` always gives one) and the `SequenceDataset`'s
+    flip and photometric generators."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
         "numpy": _numpy_legacy_state(np.random.get_state()),
         "python": random.getstate(),
-        "loader": loader.generator.get_state() if loader.generator is not None else None,
-        "dataset": dataset.random_state() if hasattr(dataset, "random_state") else None,
+        "loader": loader.generator.get_state(),
+        "dataset": loader.dataset.random_state(),
     }
 
 
@@ -111,19 +113,13 @@ def set_random_state(loader: DataLoader, state: dict[str, Any]) -> None:
     kind, key, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
-    if state["loader"] is not None and loader.generator is not None:
-        loader.generator.set_state(state["loader"])
-    if state["dataset"] is not None:
-        loader.dataset.set_random_state(state["dataset"])
+    loader.generator.set_state(state["loader"])
+    loader.dataset.set_random_state(state["dataset"])
 
 
 def _layout(fm: FoldModel, world: int) -> dict[str, int]:
     # the schedule and the EMA warmup count steps: a resume must take as many a epoch
     return {"processes": world, "steps_per_epoch": len(fm.train_loader)}
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _numpy_legacy_state(state: tuple) -> tuple:
